@@ -1,0 +1,336 @@
+//! Accounts, sessions, devices, the directory and key packages.
+
+use crate::error::{Error, Result};
+use crate::mls;
+use crate::store::{DeviceRow, Store};
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonari_wire::{
+    B64, ClaimedKeyPackage, ClaimedKeyPackages, DeviceInfo, ErrorCode, KeyPackageCount,
+    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, UserDevices,
+};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthDevice {
+    pub user_id: i64,
+    pub device_id: i64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn validate_username(name: &str) -> Result<()> {
+    let ok_len = (3..=64).contains(&name.len());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidCredentials,
+            "usernames are 3-64 characters of a-z, 0-9, '_', '.', '-'",
+        ))
+    }
+}
+
+fn validate_password(pw: &str) -> Result<()> {
+    if (8..=1024).contains(&pw.len()) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidCredentials,
+            "passwords are 8 to 1024 bytes long",
+        ))
+    }
+}
+
+async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(Error::internal)
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(Error::internal)?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+pub fn device_info(d: &DeviceRow) -> DeviceInfo {
+    DeviceInfo {
+        device_id: d.id,
+        user_id: d.user_id,
+        username: d.username.clone(),
+        device_name: d.name.clone(),
+        signature_key: B64(d.signature_key.clone()),
+    }
+}
+
+pub struct Accounts {
+    store: Store,
+    session_ttl_ms: i64,
+    low_water: u32,
+    max_per_device: u32,
+    /// A real argon2id hash to verify against when the user does not exist,
+    /// so a failed login takes as long whether or not the name is known.
+    dummy_hash: String,
+}
+
+impl Accounts {
+    pub async fn new(store: Store, config: &crate::Config) -> Result<Self> {
+        Ok(Accounts {
+            store,
+            session_ttl_ms: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            low_water: config.key_package_low_water,
+            max_per_device: config.key_package_max_per_device,
+            dummy_hash: hash_password("tonari-dummy-password".to_string()).await?,
+        })
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
+        validate_username(&req.username)?;
+        validate_password(&req.password)?;
+        let hash = hash_password(req.password).await?;
+        match self
+            .store
+            .create_user(&req.username, &hash, now_ms())
+            .await?
+        {
+            Some(user_id) => {
+                tracing::info!(user_id, "user registered");
+                Ok(RegisterResponse {
+                    user_id,
+                    username: req.username,
+                })
+            }
+            None => Err(Error::new(
+                ErrorCode::UsernameTaken,
+                "that username is taken",
+            )),
+        }
+    }
+
+    pub async fn login(&self, req: LoginRequest) -> Result<LoginResponse> {
+        let failed = || Error::new(ErrorCode::LoginFailed, "wrong username or password");
+        let user = self.store.user_by_name(&req.username).await?;
+        let Some(user) = user else {
+            let _ = verify_password(req.password, self.dummy_hash.clone()).await;
+            return Err(failed());
+        };
+        if !verify_password(req.password, user.password_hash.clone()).await? {
+            tracing::info!(user_id = user.id, "login refused: wrong password");
+            return Err(failed());
+        }
+        if req.signature_key.0.len() != 32 {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "signature_key must be a raw 32-byte Ed25519 public key",
+            ));
+        }
+        if req.device_name.is_empty() || req.device_name.len() > 128 {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "device_name must be 1-128 bytes",
+            ));
+        }
+        let device_id = match req.device_id {
+            Some(id) => {
+                let device = self.store.device(id).await?;
+                match device {
+                    Some(d) if d.user_id == user.id && d.signature_key == req.signature_key.0 => id,
+                    _ => {
+                        return Err(Error::new(
+                            ErrorCode::Forbidden,
+                            "that device is not registered to this account with this key",
+                        ));
+                    }
+                }
+            }
+            None => self
+                .store
+                .create_device(user.id, &req.device_name, &req.signature_key.0, now_ms())
+                .await?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::InvalidRequest,
+                        "this signature key is already registered to a device",
+                    )
+                })?,
+        };
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let token = hex::encode(raw);
+        let now = now_ms();
+        self.store
+            .create_session(
+                &hash_token(&token),
+                user.id,
+                device_id,
+                now,
+                now.saturating_add(self.session_ttl_ms),
+            )
+            .await?;
+        tracing::info!(user_id = user.id, device_id, "login");
+        Ok(LoginResponse {
+            token,
+            user_id: user.id,
+            device_id,
+        })
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<AuthDevice> {
+        match self.store.session(&hash_token(token), now_ms()).await? {
+            Some((user_id, device_id)) => Ok(AuthDevice { user_id, device_id }),
+            None => Err(Error::unauthenticated()),
+        }
+    }
+
+    pub async fn logout(&self, token: &str) -> Result<()> {
+        self.store.delete_session(&hash_token(token)).await?;
+        Ok(())
+    }
+
+    pub async fn user_devices(&self, username: &str) -> Result<UserDevices> {
+        let user = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
+        let devices = self.store.devices_of_user(user.id).await?;
+        Ok(UserDevices {
+            user_id: user.id,
+            username: user.username,
+            devices: devices.iter().map(device_info).collect(),
+        })
+    }
+
+    pub async fn device(&self, device_id: i64) -> Result<DeviceInfo> {
+        self.store
+            .device(device_id)
+            .await?
+            .map(|d| device_info(&d))
+            .ok_or_else(|| Error::new(ErrorCode::DeviceNotFound, "no such device"))
+    }
+
+    pub async fn key_package_count(&self, device_id: i64) -> Result<KeyPackageCount> {
+        let available = self.store.count_key_packages(device_id).await?;
+        Ok(KeyPackageCount {
+            available,
+            low: available < self.low_water,
+        })
+    }
+
+    pub async fn upload_key_packages(
+        &self,
+        auth: AuthDevice,
+        key_packages: Vec<B64>,
+    ) -> Result<KeyPackageCount> {
+        let device = self
+            .store
+            .device(auth.device_id)
+            .await?
+            .ok_or_else(Error::unauthenticated)?;
+        let have = self.store.count_key_packages(auth.device_id).await?;
+        let total = u64::from(have) + key_packages.len() as u64;
+        if key_packages.is_empty() || total > u64::from(self.max_per_device) {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "upload 1 or more key packages; a device holds at most {} (it has {have})",
+                    self.max_per_device
+                ),
+            ));
+        }
+        let mut rows = Vec::with_capacity(key_packages.len());
+        for kp in key_packages {
+            let hash_ref = mls::validate_key_package(&kp.0, &device)?;
+            rows.push((hash_ref, kp.0));
+        }
+        if !self
+            .store
+            .insert_key_packages(auth.device_id, &rows)
+            .await?
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "a key package in this batch was uploaded before",
+            ));
+        }
+        self.key_package_count(auth.device_id).await
+    }
+
+    /// Claim one key package for each device of a user. Returns the claim and
+    /// the devices that are now low (to be told so).
+    pub async fn claim_key_packages(
+        &self,
+        username: &str,
+    ) -> Result<(ClaimedKeyPackages, Vec<(i64, u32)>)> {
+        let user = self
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
+        let devices: Vec<i64> = self
+            .store
+            .devices_of_user(user.id)
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let claimed = self.store.claim_key_packages(&devices).await?;
+        let mut out = ClaimedKeyPackages {
+            user_id: user.id,
+            key_packages: Vec::new(),
+            exhausted_devices: Vec::new(),
+        };
+        let mut low = Vec::new();
+        for (device_id, data) in claimed {
+            match data {
+                Some(bytes) => {
+                    out.key_packages.push(ClaimedKeyPackage {
+                        device_id,
+                        key_package: B64(bytes),
+                    });
+                    let left = self.store.count_key_packages(device_id).await?;
+                    if left < self.low_water {
+                        low.push((device_id, left));
+                    }
+                }
+                None => {
+                    out.exhausted_devices.push(device_id);
+                    low.push((device_id, 0));
+                }
+            }
+        }
+        tracing::info!(
+            user_id = user.id,
+            claimed = out.key_packages.len(),
+            exhausted = out.exhausted_devices.len(),
+            "key packages claimed"
+        );
+        Ok((out, low))
+    }
+}

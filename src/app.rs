@@ -1,0 +1,118 @@
+//! The application: `App::build(config)` binds and opens everything,
+//! `run_until_stopped(shutdown)` serves until the future resolves, then shuts
+//! down gracefully (in-flight requests finish, WebSockets get 1001, every
+//! owned task ends, the database is closed).
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use crate::delivery::DeliveryService;
+use crate::fanout::Hub;
+use crate::store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared state of the running server.
+pub struct AppState {
+    pub config: Config,
+    pub accounts: Accounts,
+    pub delivery: DeliveryService,
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Every long-lived task (WebSocket connections) is tracked here.
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("startup failed: {0}")]
+    Startup(String),
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    local_addr: SocketAddr,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open_sqlite(&config.database_path()).await?;
+        let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
+        let accounts = Accounts::new(store.clone(), &config)
+            .await
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+        let delivery = DeliveryService::new(store.clone(), hub.clone());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(AppError::Serve)?;
+        let state = Arc::new(AppState {
+            config,
+            accounts,
+            delivery,
+            hub,
+            store,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        Ok(App {
+            listener,
+            state,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until `shutdown` resolves, then stop gracefully.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let state = self.state.clone();
+        let token = state.shutdown.clone();
+        tracing::info!(addr = %self.local_addr, "tonari listening");
+        let router = crate::http::router(state.clone());
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                token.cancel();
+            })
+            .await;
+        state.shutdown.cancel();
+        state.tasks.close();
+        state.tasks.wait().await;
+        state.store.close().await;
+        tracing::info!("tonari stopped");
+        result.map_err(AppError::Serve)
+    }
+}

@@ -1,0 +1,210 @@
+//! Server configuration: a TOML file plus `TONARI_*` environment overrides.
+//! Every key is documented once, in [`Config::example_toml`] (also printed by
+//! `tonari config-example` and listed in the README).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database; created on first start.
+    pub data_dir: PathBuf,
+    /// Largest HTTP request body accepted, in bytes (JSON, MLS bytes in base64).
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message accepted from a client, in bytes.
+    pub ws_max_message_bytes: usize,
+    /// Largest WebSocket frame accepted from a client, in bytes.
+    pub ws_max_frame_bytes: usize,
+    /// Frames queued for one WebSocket connection before it counts as a slow consumer.
+    pub ws_outbound_queue: usize,
+    /// Messages buffered per room for live fan-out before a lagging reader re-reads from disk.
+    pub room_broadcast_capacity: usize,
+    /// A device is told to upload key packages when it has fewer than this.
+    pub key_package_low_water: u32,
+    /// Most key packages a device may hold on the server.
+    pub key_package_max_per_device: u32,
+    /// Session lifetime in seconds.
+    pub session_ttl_secs: u64,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
+    pub log_filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            data_dir: PathBuf::from("tonari-data"),
+            max_body_bytes: 24 * 1024 * 1024,
+            ws_max_message_bytes: 16 * 1024 * 1024,
+            ws_max_frame_bytes: 16 * 1024 * 1024,
+            ws_outbound_queue: 1024,
+            room_broadcast_capacity: 1024,
+            key_package_low_water: 5,
+            key_package_max_per_device: 200,
+            session_ttl_secs: 30 * 24 * 3600,
+            log_filter: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("environment variable {var} is invalid: {reason}")]
+    Env { var: String, reason: String },
+}
+
+impl Config {
+    /// Load from an optional file, then apply `TONARI_*` overrides from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix("TONARI_") else {
+                continue;
+            };
+            config
+                .set(&key.to_ascii_lowercase(), &value)
+                .map_err(|reason| ConfigError::Env {
+                    var: var.clone(),
+                    reason,
+                })?;
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("expected a number, got {v:?}"))
+        }
+        match key {
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| "expected host:port".to_string())?
+            }
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "max_body_bytes" => self.max_body_bytes = num(value)?,
+            "ws_max_message_bytes" => self.ws_max_message_bytes = num(value)?,
+            "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
+            "ws_outbound_queue" => self.ws_outbound_queue = num(value)?,
+            "room_broadcast_capacity" => self.room_broadcast_capacity = num(value)?,
+            "key_package_low_water" => self.key_package_low_water = num(value)?,
+            "key_package_max_per_device" => self.key_package_max_per_device = num(value)?,
+            "session_ttl_secs" => self.session_ttl_secs = num(value)?,
+            "log_filter" => self.log_filter = value.to_string(),
+            // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A commented example file with every key and its default.
+    pub fn example_toml() -> String {
+        let d = Config::default();
+        format!(
+            r#"# Tonari server configuration. Every key may be overridden by an
+# environment variable TONARI_<KEY> (upper case), e.g. TONARI_LISTEN=0.0.0.0:8480.
+
+# Address to listen on for HTTP and WebSocket.
+listen = "{listen}"
+# Directory for the SQLite database (tonari.sqlite3, WAL mode); created on first start.
+data_dir = "{data_dir}"
+# Largest HTTP request body accepted, in bytes (JSON with base64 MLS bytes).
+max_body_bytes = {max_body}
+# Largest WebSocket message and frame accepted from a client, in bytes.
+ws_max_message_bytes = {ws_msg}
+ws_max_frame_bytes = {ws_frame}
+# Frames queued for one WebSocket connection before it is closed as a slow
+# consumer (close code 4008; the client resumes from its last seq).
+ws_outbound_queue = {queue}
+# Messages buffered per room for live fan-out; a reader that falls further
+# behind re-reads from disk.
+room_broadcast_capacity = {bcast}
+# A device is told to upload key packages when it has fewer than this.
+key_package_low_water = {low}
+# Most key packages a device may hold on the server.
+key_package_max_per_device = {kpmax}
+# Session lifetime in seconds.
+session_ttl_secs = {ttl}
+# Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
+log_filter = "{log}"
+"#,
+            listen = d.listen,
+            data_dir = d.data_dir.display(),
+            max_body = d.max_body_bytes,
+            ws_msg = d.ws_max_message_bytes,
+            ws_frame = d.ws_max_frame_bytes,
+            queue = d.ws_outbound_queue,
+            bcast = d.room_broadcast_capacity,
+            low = d.key_package_low_water,
+            kpmax = d.key_package_max_per_device,
+            ttl = d.session_ttl_secs,
+            log = d.log_filter,
+        )
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("tonari.sqlite3")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_to_defaults() {
+        let parsed: Config = toml::from_str(&Config::example_toml()).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_are_named() {
+        let c = Config::load(
+            None,
+            [
+                ("TONARI_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+                ("TONARI_WS_OUTBOUND_QUEUE".to_string(), "7".to_string()),
+                ("TONARI_SERVER".to_string(), "ignored".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.ws_outbound_queue, 7);
+        let err = Config::load(
+            None,
+            [("TONARI_SESSION_TTL_SECS".to_string(), "x".to_string())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("TONARI_SESSION_TTL_SECS"));
+    }
+}

@@ -1,0 +1,731 @@
+//! The MLS Delivery Service: rooms, their public group state, ordering,
+//! validation of every handshake, durable append and fan-out.
+//!
+//! Per room, one async lock serializes acceptance: under it the server
+//! checks idempotency (txn id), validates the message against the room's
+//! `PublicGroup`, appends it with the next seq and all state changes in ONE
+//! durable transaction, and only then updates memory, publishes and acks.
+
+use crate::accounts::{AuthDevice, now_ms};
+use crate::error::{Error, Result};
+use crate::fanout::{Delivery, Hub};
+use crate::mls::{self, CIPHERSUITE};
+use crate::store::{Append, RoomStateKv, Store, StoredMessage};
+use axum::extract::ws::Utf8Bytes;
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tonari_wire::{
+    Ack, B64, CreateRoomRequest, DeviceIdentity, Envelope, ErrorCode, MessageKind, MessagePage,
+    RoomInfo, ServerFrame, SubmitRequest, WelcomeEnvelope,
+};
+
+/// Largest history page.
+pub const MAX_PAGE: u32 = 500;
+/// Longest client transaction id.
+const MAX_TXN_ID: usize = 128;
+
+/// A room as the delivery service holds it in memory.
+struct Room {
+    id: String,
+    group_id: GroupId,
+    epoch: u64,
+    last_seq: u64,
+    members: HashSet<i64>,
+    pg: PublicGroup,
+    kv: RoomStateKv,
+}
+
+type RoomSlot = Arc<tokio::sync::Mutex<Option<Room>>>;
+
+pub struct DeliveryService {
+    store: Store,
+    hub: Arc<Hub>,
+    rooms: Mutex<HashMap<String, RoomSlot>>,
+}
+
+/// What a validated message changes, before it is made durable.
+struct Accepted {
+    kind: MessageKind,
+    epoch: u64,
+    epoch_after: u64,
+    added: Vec<i64>,
+    removed: Vec<i64>,
+    welcome: Option<Vec<u8>>,
+}
+
+pub fn envelope_of(m: &StoredMessage) -> Envelope {
+    Envelope {
+        room_id: m.room_id.clone(),
+        seq: m.seq,
+        kind: m.kind,
+        epoch: m.epoch,
+        sender_device: m.sender_device,
+        ts_ms: m.ts_ms,
+        message: B64(m.data.clone()),
+    }
+}
+
+pub fn frame_text(frame: &ServerFrame) -> Result<Utf8Bytes> {
+    serde_json::to_string(frame)
+        .map(Utf8Bytes::from)
+        .map_err(Error::internal)
+}
+
+fn ack_of(m: &StoredMessage, duplicate: bool) -> Ack {
+    Ack {
+        room_id: m.room_id.clone(),
+        seq: m.seq,
+        epoch: if m.kind == MessageKind::Commit {
+            m.epoch + 1
+        } else {
+            m.epoch
+        },
+        kind: m.kind,
+        duplicate,
+    }
+}
+
+fn room_not_found() -> Error {
+    Error::new(ErrorCode::RoomNotFound, "no such room")
+}
+
+fn epoch_conflict(current: u64, got: u64) -> Error {
+    Error::new(
+        ErrorCode::EpochConflict,
+        format!(
+            "the room is at epoch {current}, the message is for epoch {got}: catch up and retry"
+        ),
+    )
+}
+
+impl DeliveryService {
+    pub fn new(store: Store, hub: Arc<Hub>) -> Self {
+        DeliveryService {
+            store,
+            hub,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, room_id: &str) -> RoomSlot {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.entry(room_id.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, room_id: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.remove(room_id);
+    }
+
+    async fn load(&self, room_id: &str) -> Result<Option<Room>> {
+        let Some(row) = self.store.load_room(room_id).await? else {
+            return Ok(None);
+        };
+        let group_id = GroupId::from_slice(
+            &hex::decode(room_id).map_err(|_| Error::internal("stored room id is not hex"))?,
+        );
+        let kv = RoomStateKv::from_rows(row.state);
+        let pg = PublicGroup::load(&kv, &group_id)
+            .map_err(Error::internal)?
+            .ok_or_else(|| Error::internal("room has no public group state"))?;
+        Ok(Some(Room {
+            id: row.id,
+            group_id,
+            epoch: row.epoch,
+            last_seq: row.last_seq,
+            members: row.members.into_iter().collect(),
+            pg,
+            kv,
+        }))
+    }
+
+    /// Create a room from the creator's GroupInfo and ratchet tree.
+    pub async fn create_room(&self, auth: AuthDevice, req: CreateRoomRequest) -> Result<RoomInfo> {
+        let MlsMessageBodyIn::GroupInfo(vgi) = mls::parse_message(&req.group_info.0)? else {
+            return Err(Error::invalid_mls(
+                "group_info must be a GroupInfo",
+                "wire format",
+            ));
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(&req.ratchet_tree.0)
+            .map_err(|e| Error::invalid_mls("ratchet_tree does not parse", e))?;
+        let kv = RoomStateKv::default();
+        let (pg, _group_info) =
+            PublicGroup::from_external(mls::crypto(), &kv, tree, vgi, ProposalStore::new())
+                .map_err(|e| Error::invalid_mls("the group state does not verify", e))?;
+        if pg.ciphersuite() != CIPHERSUITE {
+            return Err(Error::invalid_mls(
+                "rooms must use ciphersuite 0x0001",
+                "ciphersuite",
+            ));
+        }
+        let members: Vec<Member> = pg.members().collect();
+        let [creator] = members.as_slice() else {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "a new room must have exactly one member: the creating device",
+            ));
+        };
+        let id = mls::identity_of(&creator.credential).ok_or_else(|| {
+            Error::new(
+                ErrorCode::UnknownDeviceKey,
+                "the creator's credential is not a Tonari device identity",
+            )
+        })?;
+        if id.device_id != auth.device_id || id.user_id != auth.user_id {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "the room's only member must be the creating device",
+            ));
+        }
+        let device = self.store.device(auth.device_id).await?;
+        mls::matches_directory(id, &creator.signature_key, device.as_ref())?;
+        let room_id = hex::encode(pg.group_id().as_slice());
+        if room_id.is_empty() || room_id.len() > 128 {
+            return Err(Error::invalid_mls(
+                "group id must be 1-64 bytes",
+                "group id",
+            ));
+        }
+        let epoch = pg.group_context().epoch().as_u64();
+        let rows = kv.rows().map_err(Error::internal)?;
+        let _ = kv.take_changes();
+        if !self
+            .store
+            .create_room(&room_id, epoch, auth.device_id, now_ms(), &rows)
+            .await?
+        {
+            return Err(Error::new(
+                ErrorCode::RoomExists,
+                "a room with this id exists",
+            ));
+        }
+        tracing::info!(room_id, device_id = auth.device_id, "room created");
+        Ok(RoomInfo {
+            room_id,
+            epoch,
+            last_seq: 0,
+            member_devices: vec![auth.device_id],
+        })
+    }
+
+    pub async fn room_info(&self, auth: AuthDevice, room_id: &str) -> Result<RoomInfo> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(room_id, &mut guard).await?;
+        let room = guard.as_ref().ok_or_else(room_not_found)?;
+        if !room.members.contains(&auth.device_id) {
+            return Err(not_a_member());
+        }
+        let mut member_devices: Vec<i64> = room.members.iter().copied().collect();
+        member_devices.sort_unstable();
+        Ok(RoomInfo {
+            room_id: room.id.clone(),
+            epoch: room.epoch,
+            last_seq: room.last_seq,
+            member_devices,
+        })
+    }
+
+    pub async fn rooms_of(&self, auth: AuthDevice) -> Result<Vec<RoomInfo>> {
+        let mut out = Vec::new();
+        for (room_id, _, _) in self.store.rooms_of_device(auth.device_id).await? {
+            match self.room_info(auth, &room_id).await {
+                Ok(info) => out.push(info),
+                Err(e) if e.code == ErrorCode::NotAMember => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ensure_loaded(&self, room_id: &str, slot: &mut Option<Room>) -> Result<()> {
+        if slot.is_none() {
+            match self.load(room_id).await? {
+                Some(room) => *slot = Some(room),
+                None => {
+                    self.forget(room_id);
+                    return Err(room_not_found());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accept one MLS message for a room. Returns the ack once durable.
+    pub async fn submit(&self, auth: AuthDevice, room_id: &str, req: SubmitRequest) -> Result<Ack> {
+        if req.txn_id.is_empty() || req.txn_id.len() > MAX_TXN_ID {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "txn_id must be 1-128 bytes",
+            ));
+        }
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(room_id, &mut guard).await?;
+
+        // Idempotency first: a retry of an accepted message gets its first ack,
+        // even though the room has moved on since.
+        if let Some(prev) = self
+            .store
+            .find_txn(room_id, auth.device_id, &req.txn_id)
+            .await?
+        {
+            if prev.data != req.message.0 {
+                return Err(Error::new(
+                    ErrorCode::TxnIdReused,
+                    "this txn_id was already used for a different message",
+                ));
+            }
+            return Ok(ack_of(&prev, true));
+        }
+
+        let room = guard.as_mut().ok_or_else(room_not_found)?;
+        if !room.members.contains(&auth.device_id) {
+            return Err(not_a_member());
+        }
+        let accepted = match self.validate(auth, room, &req).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Validation never mutates the group except through the KV,
+                // whose pending changes are dropped with the cached room.
+                if room
+                    .kv
+                    .take_changes()
+                    .map(|c| !c.is_empty())
+                    .unwrap_or(true)
+                {
+                    *guard = None;
+                }
+                return Err(e);
+            }
+        };
+        let state_changes = match room.kv.take_changes() {
+            Ok(c) => c,
+            Err(e) => {
+                *guard = None;
+                return Err(Error::internal(e));
+            }
+        };
+        let message = StoredMessage {
+            room_id: room.id.clone(),
+            seq: room.last_seq + 1,
+            kind: accepted.kind,
+            epoch: accepted.epoch,
+            sender_device: auth.device_id,
+            txn_id: req.txn_id,
+            ts_ms: now_ms(),
+            data: req.message.0,
+        };
+        let append = Append {
+            message,
+            epoch_after: accepted.epoch_after,
+            state_changes,
+            added_devices: accepted.added.clone(),
+            removed_devices: accepted.removed.clone(),
+            welcome: accepted.welcome.map(|w| (w, accepted.added.clone())),
+        };
+        if let Err(e) = self.store.append(&append).await {
+            // Memory may be ahead of disk now: reload on next use.
+            *guard = None;
+            return Err(e.into());
+        }
+        let room = guard
+            .as_mut()
+            .ok_or_else(|| Error::internal("room vanished"))?;
+        room.last_seq = append.message.seq;
+        room.epoch = append.epoch_after;
+        for d in &append.removed_devices {
+            room.members.remove(d);
+        }
+        room.members.extend(append.added_devices.iter().copied());
+
+        let envelope = envelope_of(&append.message);
+        let frame = frame_text(&ServerFrame::Message { envelope })?;
+        self.hub.publish(
+            room_id,
+            Delivery {
+                seq: append.message.seq,
+                frame,
+                removed: append.removed_devices.clone(),
+            },
+        );
+        if let Some((_, devices)) = &append.welcome {
+            self.notify_welcomes(room_id, append.message.seq, devices)
+                .await;
+        }
+        tracing::debug!(
+            room_id,
+            seq = append.message.seq,
+            kind = ?append.message.kind,
+            device_id = auth.device_id,
+            "message accepted"
+        );
+        Ok(ack_of(&append.message, false))
+    }
+
+    async fn notify_welcomes(&self, room_id: &str, commit_seq: u64, devices: &[i64]) {
+        for &device_id in devices {
+            let auth = AuthDevice {
+                user_id: 0,
+                device_id,
+            };
+            let welcomes = match self.welcomes(auth).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(device_id, error = %e, "welcome notify lookup failed");
+                    continue;
+                }
+            };
+            for welcome in welcomes
+                .into_iter()
+                .filter(|w| w.room_id == room_id && w.commit_seq == commit_seq)
+            {
+                if let Ok(text) = frame_text(&ServerFrame::Welcome { welcome }) {
+                    self.hub.notify_device(device_id, text);
+                }
+            }
+        }
+    }
+
+    /// Validate a message against the room. Only the KV (pending changes)
+    /// and `room.pg` may change here, and only for a valid message.
+    async fn validate(
+        &self,
+        auth: AuthDevice,
+        room: &mut Room,
+        req: &SubmitRequest,
+    ) -> Result<Accepted> {
+        match mls::parse_message(&req.message.0)? {
+            MlsMessageBodyIn::PrivateMessage(pm) => {
+                if pm.content_type() != ContentType::Application {
+                    return Err(Error::new(
+                        ErrorCode::EncryptedHandshake,
+                        "proposals and commits must be sent as PublicMessage",
+                    ));
+                }
+                if pm.group_id() != &room.group_id {
+                    return Err(Error::invalid_mls(
+                        "the message belongs to another room",
+                        "group id",
+                    ));
+                }
+                let epoch = pm.epoch().as_u64();
+                if epoch != room.epoch {
+                    return Err(epoch_conflict(room.epoch, epoch));
+                }
+                if req.welcome.is_some() {
+                    return Err(Error::new(
+                        ErrorCode::WelcomeMismatch,
+                        "only a commit that adds members carries a welcome",
+                    ));
+                }
+                Ok(Accepted {
+                    kind: MessageKind::Application,
+                    epoch,
+                    epoch_after: epoch,
+                    added: vec![],
+                    removed: vec![],
+                    welcome: None,
+                })
+            }
+            MlsMessageBodyIn::PublicMessage(pm) => {
+                if pm.content_type() == ContentType::Application {
+                    return Err(Error::invalid_mls(
+                        "application messages must be encrypted (PrivateMessage)",
+                        "content type",
+                    ));
+                }
+                if pm.group_id() != &room.group_id {
+                    return Err(Error::invalid_mls(
+                        "the message belongs to another room",
+                        "group id",
+                    ));
+                }
+                let epoch = pm.epoch().as_u64();
+                if epoch != room.epoch {
+                    return Err(epoch_conflict(room.epoch, epoch));
+                }
+                let Sender::Member(leaf_index) = *pm.sender() else {
+                    return Err(Error::new(
+                        ErrorCode::Forbidden,
+                        "only members may send proposals and commits",
+                    ));
+                };
+                let sender_id = room
+                    .pg
+                    .leaf(leaf_index)
+                    .and_then(|leaf| mls::identity_of(leaf.credential()));
+                if sender_id
+                    != Some(DeviceIdentity {
+                        user_id: auth.user_id,
+                        device_id: auth.device_id,
+                    })
+                {
+                    return Err(Error::new(
+                        ErrorCode::NotAMember,
+                        "the MLS sender is not this device",
+                    ));
+                }
+                let processed = room
+                    .pg
+                    .process_message(mls::crypto(), ProtocolMessage::from(pm))
+                    .map_err(|e| Error::invalid_mls("the handshake does not verify", e))?;
+                match processed.into_content() {
+                    ProcessedMessageContent::ProposalMessage(q) => {
+                        if req.welcome.is_some() {
+                            return Err(Error::new(
+                                ErrorCode::WelcomeMismatch,
+                                "only a commit that adds members carries a welcome",
+                            ));
+                        }
+                        self.check_proposal(&q).await?;
+                        room.pg
+                            .add_proposal(&room.kv, *q)
+                            .map_err(Error::internal)?;
+                        Ok(Accepted {
+                            kind: MessageKind::Proposal,
+                            epoch,
+                            epoch_after: epoch,
+                            added: vec![],
+                            removed: vec![],
+                            welcome: None,
+                        })
+                    }
+                    ProcessedMessageContent::StagedCommitMessage(staged) => {
+                        let (added, added_refs) = self.check_commit_adds(&staged).await?;
+                        if let Some(leaf) = staged.update_path_leaf_node() {
+                            let (id, key) = mls::leaf_identity(leaf)?;
+                            if id.device_id != auth.device_id {
+                                return Err(Error::new(
+                                    ErrorCode::Forbidden,
+                                    "a commit may not change the committer's identity",
+                                ));
+                            }
+                            let device = self.store.device(id.device_id).await?;
+                            mls::matches_directory(id, &key, device.as_ref())?;
+                        }
+                        for update in staged.update_proposals() {
+                            let (id, key) =
+                                mls::leaf_identity(update.update_proposal().leaf_node())?;
+                            let device = self.store.device(id.device_id).await?;
+                            mls::matches_directory(id, &key, device.as_ref())?;
+                        }
+                        let mut removed = Vec::new();
+                        for r in staged.remove_proposals() {
+                            let idx = r.remove_proposal().removed();
+                            if let Some(id) = room
+                                .pg
+                                .leaf(idx)
+                                .and_then(|l| mls::identity_of(l.credential()))
+                            {
+                                removed.push(id.device_id);
+                            }
+                        }
+                        let welcome = check_welcome(req.welcome.as_ref(), &added_refs)?;
+                        room.pg
+                            .merge_commit(&room.kv, *staged)
+                            .map_err(Error::internal)?;
+                        Ok(Accepted {
+                            kind: MessageKind::Commit,
+                            epoch,
+                            epoch_after: epoch + 1,
+                            added,
+                            removed,
+                            welcome,
+                        })
+                    }
+                    _ => Err(Error::invalid_mls(
+                        "expected an application message, proposal or commit",
+                        "content",
+                    )),
+                }
+            }
+            _ => Err(Error::invalid_mls(
+                "expected a PublicMessage or PrivateMessage",
+                "wire format",
+            )),
+        }
+    }
+
+    async fn check_proposal(&self, q: &QueuedProposal) -> Result<()> {
+        match q.proposal() {
+            Proposal::Add(add) => {
+                let (id, key) = mls::leaf_identity(add.key_package().leaf_node())?;
+                let device = self.store.device(id.device_id).await?;
+                mls::matches_directory(id, &key, device.as_ref())
+            }
+            Proposal::Update(update) => {
+                let (id, key) = mls::leaf_identity(update.leaf_node())?;
+                let device = self.store.device(id.device_id).await?;
+                mls::matches_directory(id, &key, device.as_ref())
+            }
+            Proposal::Remove(_) => Ok(()),
+            _ => Err(Error::new(
+                ErrorCode::Forbidden,
+                "only add, update and remove proposals are allowed",
+            )),
+        }
+    }
+
+    /// Every added credential must be a registered device key of its user.
+    async fn check_commit_adds(&self, staged: &StagedCommit) -> Result<(Vec<i64>, Vec<Vec<u8>>)> {
+        let mut devices = Vec::new();
+        let mut refs = Vec::new();
+        for add in staged.add_proposals() {
+            let kp = add.add_proposal().key_package();
+            let (id, key) = mls::leaf_identity(kp.leaf_node())?;
+            let device = self.store.device(id.device_id).await?;
+            mls::matches_directory(id, &key, device.as_ref())?;
+            devices.push(id.device_id);
+            refs.push(
+                kp.hash_ref(mls::crypto())
+                    .map_err(Error::internal)?
+                    .as_slice()
+                    .to_vec(),
+            );
+        }
+        if staged.psk_proposals().next().is_some() {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "PSK proposals are not allowed",
+            ));
+        }
+        Ok((devices, refs))
+    }
+
+    /// History for a device: messages after `after` inside its membership.
+    pub async fn history(
+        &self,
+        auth: AuthDevice,
+        room_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<MessagePage> {
+        let memberships = self.store.memberships(room_id, auth.device_id).await?;
+        if memberships.is_empty() {
+            return if self.store.load_room(room_id).await?.is_some() {
+                Err(not_a_member())
+            } else {
+                Err(room_not_found())
+            };
+        }
+        let Some((from, until)) = readable_window(&memberships, after) else {
+            return Err(not_a_member());
+        };
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut rows = self
+            .store
+            .messages_between(room_id, from, until, limit + 1)
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Ok(MessagePage {
+            room_id: room_id.to_string(),
+            messages: rows.iter().map(envelope_of).collect(),
+            more,
+        })
+    }
+
+    /// Welcomes waiting for the device.
+    pub async fn welcomes(&self, auth: AuthDevice) -> Result<Vec<WelcomeEnvelope>> {
+        Ok(self
+            .store
+            .welcomes_for(auth.device_id)
+            .await?
+            .into_iter()
+            .map(|w| WelcomeEnvelope {
+                welcome_id: w.id,
+                room_id: w.room_id,
+                commit_seq: w.commit_seq,
+                welcome: B64(w.data),
+            })
+            .collect())
+    }
+
+    /// The device processed a welcome: stop offering it.
+    pub async fn ack_welcome(&self, auth: AuthDevice, welcome_id: i64) -> Result<()> {
+        if self
+            .store
+            .delete_welcome(welcome_id, auth.device_id)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::WelcomeNotFound,
+                "no such welcome for this device",
+            ))
+        }
+    }
+
+    /// Whether the device is a member of the room now.
+    pub async fn is_member(&self, device_id: i64, room_id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .memberships(room_id, device_id)
+            .await?
+            .iter()
+            .any(|m| m.left_at.is_none()))
+    }
+}
+
+/// The seq range `(from, until]` a device may read after `after`: the latest
+/// membership period that still has something after `after`.
+pub fn readable_window(memberships: &[crate::store::Membership], after: u64) -> Option<(u64, u64)> {
+    memberships
+        .iter()
+        .filter(|m| m.left_at.is_none_or(|left| left > after))
+        .map(|m| {
+            (
+                after.max(m.joined_after),
+                m.left_at.unwrap_or(u64::MAX >> 1),
+            )
+        })
+        .next()
+}
+
+fn not_a_member() -> Error {
+    Error::new(
+        ErrorCode::NotAMember,
+        "this device is not a member of the room",
+    )
+}
+
+/// A commit that adds members must carry a Welcome for exactly those key packages.
+fn check_welcome(welcome: Option<&B64>, added_refs: &[Vec<u8>]) -> Result<Option<Vec<u8>>> {
+    let mismatch = |why: &str| Error::new(ErrorCode::WelcomeMismatch, why.to_string());
+    match (welcome, added_refs.is_empty()) {
+        (None, true) => Ok(None),
+        (Some(_), true) => Err(mismatch(
+            "this commit adds nobody, so it carries no welcome",
+        )),
+        (None, false) => Err(mismatch(
+            "a commit that adds members must carry their welcome",
+        )),
+        (Some(bytes), false) => {
+            let MlsMessageBodyIn::Welcome(w) = mls::parse_message(&bytes.0)? else {
+                return Err(mismatch("welcome must be an MLS Welcome"));
+            };
+            let mut got: Vec<Vec<u8>> = w
+                .secrets()
+                .iter()
+                .map(|s| s.new_member().as_slice().to_vec())
+                .collect();
+            let mut want = added_refs.to_vec();
+            got.sort();
+            want.sort();
+            if got != want {
+                return Err(mismatch(
+                    "the welcome is not addressed to exactly the added key packages",
+                ));
+            }
+            if w.ciphersuite() != CIPHERSUITE {
+                return Err(mismatch("the welcome uses another ciphersuite"));
+            }
+            Ok(Some(bytes.0.clone()))
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Tonari server: an end-to-end encrypted (MLS) messaging server for care
+//! teams. See ARCHITECTURE.md for the map of modules and the invariants.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod app;
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod mls;
+pub mod store;
+pub mod ws;
+
+pub use app::{App, AppError};
+pub use config::Config;

@@ -1,0 +1,110 @@
+//! The `tonari` binary.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tonari::{App, Config};
+
+/// Tonari: an end-to-end encrypted (MLS) messaging server for the people who
+/// look after one patient. The server stores and forwards ciphertext only.
+#[derive(Parser)]
+#[command(name = "tonari", version, about, long_about = None)]
+struct Cli {
+    /// Config file (TOML). Every key can be overridden with TONARI_<KEY>.
+    #[arg(long, short, global = true, env = "TONARI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SQLite in WAL mode under data_dir, created on first start;
+    /// migrations are applied automatically). Stops gracefully on Ctrl-C/SIGTERM.
+    Serve,
+    /// Print a commented example config file with every key and its default.
+    ConfigExample,
+    /// Load the config (file + environment) and print the effective values.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = std::env::vars();
+    let config = match Config::load(cli.config.as_deref(), env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tonari: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::ConfigExample => {
+            print!("{}", Config::example_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tonari: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tonari: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match App::build(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("tonari: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("tonari listening on http://{}", app.local_addr());
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tonari: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,625 @@
+//! The store: the only module that contains SQL.
+//!
+//! SQLite in WAL mode with `synchronous=FULL`: a transaction that returned
+//! `Ok` is on disk (fsync'd), which is what "acknowledged only once durable"
+//! rests on. Every function here is one transaction or one statement.
+
+pub mod mls_state;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::time::Duration;
+use tonari_wire::MessageKind;
+
+pub use mls_state::{RoomStateKv, StateChange};
+
+/// A failure of the database itself (never caused by client input).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(&'static str),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub username: String,
+    pub name: String,
+    pub signature_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub id: String,
+    pub epoch: u64,
+    pub last_seq: u64,
+    pub state: Vec<(String, Vec<u8>)>,
+    /// Devices that are members now.
+    pub members: Vec<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub room_id: String,
+    pub seq: u64,
+    pub kind: MessageKind,
+    pub epoch: u64,
+    pub sender_device: i64,
+    pub txn_id: String,
+    pub ts_ms: i64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WelcomeRow {
+    pub id: i64,
+    pub room_id: String,
+    pub commit_seq: u64,
+    pub data: Vec<u8>,
+}
+
+/// Everything one accepted message changes, written in one transaction.
+#[derive(Debug)]
+pub struct Append {
+    pub message: StoredMessage,
+    /// The room's epoch after the message.
+    pub epoch_after: u64,
+    pub state_changes: Vec<StateChange>,
+    pub added_devices: Vec<i64>,
+    pub removed_devices: Vec<i64>,
+    /// Welcome bytes and the devices it is for.
+    pub welcome: Option<(Vec<u8>, Vec<i64>)>,
+}
+
+/// Where a device may read a room: seqs in `(joined_after, left_at]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    pub joined_after: u64,
+    pub left_at: Option<u64>,
+}
+
+fn kind_str(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Application => "application",
+        MessageKind::Proposal => "proposal",
+        MessageKind::Commit => "commit",
+    }
+}
+
+fn parse_kind(s: &str) -> StoreResult<MessageKind> {
+    match s {
+        "application" => Ok(MessageKind::Application),
+        "proposal" => Ok(MessageKind::Proposal),
+        "commit" => Ok(MessageKind::Commit),
+        _ => Err(StoreError::Corrupt("unknown message kind")),
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Open (creating if needed) the SQLite database and apply migrations.
+    pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    /// Create a user; `None` when the username is taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<i64>> {
+        let res = sqlx::query(
+            "INSERT INTO users (username, password_hash, created_ms) VALUES (?, ?, ?)
+             ON CONFLICT(username) DO NOTHING",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(res.last_insert_rowid()))
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRow>> {
+        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| UserRow {
+            id: r.get(0),
+            username: r.get(1),
+            password_hash: r.get(2),
+        }))
+    }
+
+    fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> DeviceRow {
+        DeviceRow {
+            id: r.get(0),
+            user_id: r.get(1),
+            username: r.get(2),
+            name: r.get(3),
+            signature_key: r.get(4),
+        }
+    }
+
+    pub async fn device(&self, device_id: i64) -> StoreResult<Option<DeviceRow>> {
+        let row = sqlx::query("SELECT d.id, d.user_id, u.username, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?")
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(Self::device_from_row))
+    }
+
+    pub async fn devices_of_user(&self, user_id: i64) -> StoreResult<Vec<DeviceRow>> {
+        let rows = sqlx::query("SELECT d.id, d.user_id, u.username, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.user_id = ? ORDER BY d.id")
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(Self::device_from_row).collect())
+    }
+
+    /// Register a device; `None` when the signature key is already registered.
+    pub async fn create_device(
+        &self,
+        user_id: i64,
+        name: &str,
+        signature_key: &[u8],
+        now_ms: i64,
+    ) -> StoreResult<Option<i64>> {
+        let res = sqlx::query(
+            "INSERT INTO devices (user_id, name, signature_key, created_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT(signature_key) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(signature_key)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(res.last_insert_rowid()))
+    }
+
+    pub async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user_id: i64,
+        device_id: i64,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now_ms)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The (user, device) of a live session.
+    pub async fn session(&self, token_hash: &[u8], now_ms: i64) -> StoreResult<Option<(i64, i64)>> {
+        let row = sqlx::query(
+            "SELECT user_id, device_id FROM sessions WHERE token_hash = ? AND expires_ms > ?",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ key packages
+
+    /// Store key packages; `false` (and nothing stored) if one is a duplicate.
+    pub async fn insert_key_packages(
+        &self,
+        device_id: i64,
+        items: &[(Vec<u8>, Vec<u8>)],
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        for (hash_ref, data) in items {
+            let res = sqlx::query(
+                "INSERT INTO key_packages (device_id, hash_ref, data) VALUES (?, ?, ?)
+                 ON CONFLICT(hash_ref) DO NOTHING",
+            )
+            .bind(device_id)
+            .bind(hash_ref)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn count_key_packages(&self, device_id: i64) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_packages WHERE device_id = ?")
+            .bind(device_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Take (delete and return) the oldest key package of each device, in one
+    /// transaction: two concurrent claims never get the same key package.
+    /// Returns (device, Some(bytes)) or (device, None) when it had none left.
+    pub async fn claim_key_packages(
+        &self,
+        device_ids: &[i64],
+    ) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(device_ids.len());
+        for &device_id in device_ids {
+            let data: Option<Vec<u8>> = sqlx::query_scalar(
+                "DELETE FROM key_packages WHERE id =
+                   (SELECT id FROM key_packages WHERE device_id = ? ORDER BY id LIMIT 1)
+                 RETURNING data",
+            )
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push((device_id, data));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ rooms
+
+    /// Create a room with its initial public state; `false` if the id exists.
+    pub async fn create_room(
+        &self,
+        room_id: &str,
+        epoch: u64,
+        creator_device: i64,
+        now_ms: i64,
+        state: &[(String, Vec<u8>)],
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "INSERT INTO rooms (id, epoch, last_seq, creator_device, created_ms) VALUES (?, ?, 0, ?, ?)
+             ON CONFLICT(id) DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(to_i64(epoch))
+        .bind(creator_device)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (key, value) in state {
+            sqlx::query("INSERT INTO room_state (room_id, key, value) VALUES (?, ?, ?)")
+                .bind(room_id)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO room_members (room_id, device_id, joined_after_seq) VALUES (?, ?, 0)",
+        )
+        .bind(room_id)
+        .bind(creator_device)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn load_room(&self, room_id: &str) -> StoreResult<Option<RoomRow>> {
+        let Some(row) = sqlx::query("SELECT epoch, last_seq FROM rooms WHERE id = ?")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state = sqlx::query("SELECT key, value FROM room_state WHERE room_id = ?")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<Vec<u8>, _>(1)))
+            .collect();
+        let members = sqlx::query_scalar(
+            "SELECT device_id FROM room_members WHERE room_id = ? AND left_at_seq IS NULL
+             ORDER BY device_id",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(RoomRow {
+            id: room_id.to_string(),
+            epoch: to_u64(row.get(0)),
+            last_seq: to_u64(row.get(1)),
+            state,
+            members,
+        }))
+    }
+
+    /// Rooms the device is a member of now: (room id, epoch, last seq).
+    pub async fn rooms_of_device(&self, device_id: i64) -> StoreResult<Vec<(String, u64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.epoch, r.last_seq FROM rooms r
+             JOIN room_members m ON m.room_id = r.id
+             WHERE m.device_id = ? AND m.left_at_seq IS NULL ORDER BY r.created_ms, r.id",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), to_u64(r.get(1)), to_u64(r.get(2))))
+            .collect())
+    }
+
+    /// The device's membership periods in a room, oldest first.
+    pub async fn memberships(&self, room_id: &str, device_id: i64) -> StoreResult<Vec<Membership>> {
+        let rows = sqlx::query(
+            "SELECT joined_after_seq, left_at_seq FROM room_members
+             WHERE room_id = ? AND device_id = ? ORDER BY joined_after_seq",
+        )
+        .bind(room_id)
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Membership {
+                joined_after: to_u64(r.get(0)),
+                left_at: r.get::<Option<i64>, _>(1).map(to_u64),
+            })
+            .collect())
+    }
+
+    fn message_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredMessage> {
+        Ok(StoredMessage {
+            room_id: r.get(0),
+            seq: to_u64(r.get(1)),
+            kind: parse_kind(r.get::<&str, _>(2))?,
+            epoch: to_u64(r.get(3)),
+            sender_device: r.get(4),
+            txn_id: r.get(5),
+            ts_ms: r.get(6),
+            data: r.get(7),
+        })
+    }
+
+    pub async fn find_txn(
+        &self,
+        room_id: &str,
+        sender_device: i64,
+        txn_id: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let row = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = ? AND sender_device = ? AND txn_id = ?")
+        .bind(room_id)
+        .bind(sender_device)
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::message_from_row).transpose()
+    }
+
+    /// Messages with `after < seq <= until`, oldest first, at most `limit`.
+    pub async fn messages_between(
+        &self,
+        room_id: &str,
+        after: u64,
+        until: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?")
+        .bind(room_id)
+        .bind(to_i64(after))
+        .bind(to_i64(until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::message_from_row).collect()
+    }
+
+    /// Persist one accepted message and everything it changes, atomically.
+    /// When this returns `Ok`, the transaction is durable.
+    pub async fn append(&self, a: &Append) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::append_in(&mut tx, a).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_in(tx: &mut Transaction<'_, Sqlite>, a: &Append) -> StoreResult<()> {
+        let m = &a.message;
+        let seq = to_i64(m.seq);
+        let res =
+            sqlx::query("UPDATE rooms SET last_seq = ?, epoch = ? WHERE id = ? AND last_seq = ?")
+                .bind(seq)
+                .bind(to_i64(a.epoch_after))
+                .bind(&m.room_id)
+                .bind(seq - 1)
+                .execute(&mut **tx)
+                .await?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::Corrupt("room seq moved under the room lock"));
+        }
+        sqlx::query(
+            "INSERT INTO messages (room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&m.room_id)
+        .bind(seq)
+        .bind(kind_str(m.kind))
+        .bind(to_i64(m.epoch))
+        .bind(m.sender_device)
+        .bind(&m.txn_id)
+        .bind(m.ts_ms)
+        .bind(&m.data)
+        .execute(&mut **tx)
+        .await?;
+        for (key, value) in &a.state_changes {
+            match value {
+                Some(v) => {
+                    sqlx::query(
+                        "INSERT INTO room_state (room_id, key, value) VALUES (?, ?, ?)
+                         ON CONFLICT(room_id, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(&m.room_id)
+                    .bind(key)
+                    .bind(v)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM room_state WHERE room_id = ? AND key = ?")
+                        .bind(&m.room_id)
+                        .bind(key)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        for device in &a.removed_devices {
+            sqlx::query(
+                "UPDATE room_members SET left_at_seq = ?
+                 WHERE room_id = ? AND device_id = ? AND left_at_seq IS NULL",
+            )
+            .bind(seq)
+            .bind(&m.room_id)
+            .bind(device)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for device in &a.added_devices {
+            sqlx::query(
+                "INSERT INTO room_members (room_id, device_id, joined_after_seq) VALUES (?, ?, ?)",
+            )
+            .bind(&m.room_id)
+            .bind(device)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if let Some((data, devices)) = &a.welcome {
+            let welcome_id =
+                sqlx::query("INSERT INTO welcomes (room_id, commit_seq, data) VALUES (?, ?, ?)")
+                    .bind(&m.room_id)
+                    .bind(seq)
+                    .bind(data)
+                    .execute(&mut **tx)
+                    .await?
+                    .last_insert_rowid();
+            for device in devices {
+                sqlx::query("INSERT INTO welcome_recipients (welcome_id, device_id) VALUES (?, ?)")
+                    .bind(welcome_id)
+                    .bind(device)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn welcomes_for(&self, device_id: i64) -> StoreResult<Vec<WelcomeRow>> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.room_id, w.commit_seq, w.data FROM welcomes w
+             JOIN welcome_recipients r ON r.welcome_id = w.id
+             WHERE r.device_id = ? ORDER BY w.id",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| WelcomeRow {
+                id: r.get(0),
+                room_id: r.get(1),
+                commit_seq: to_u64(r.get(2)),
+                data: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Drop a welcome for a device; `false` if it was not addressed to it.
+    pub async fn delete_welcome(&self, welcome_id: i64, device_id: i64) -> StoreResult<bool> {
+        let res =
+            sqlx::query("DELETE FROM welcome_recipients WHERE welcome_id = ? AND device_id = ?")
+                .bind(welcome_id)
+                .bind(device_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,256 @@
+//! WebSocket transport: push of room messages, welcomes and device events.
+//!
+//! One connection = one task that owns everything it spawns: a forwarder per
+//! resumed room (a `JoinSet`, aborted when the connection ends). Forwarders
+//! first catch up from the store, then follow the room's live broadcast;
+//! they push into the connection's bounded outbound queue. A live frame that
+//! does not fit the queue means the client is too slow: the connection is
+//! closed with 4008 and the client resumes later from its last seq.
+
+use crate::accounts::AuthDevice;
+use crate::app::AppState;
+use crate::delivery::frame_text;
+use crate::error::Error;
+use crate::http::Auth;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tonari_wire::{ClientFrame, ErrorCode, ServerFrame, close_codes};
+
+/// A write that takes longer than this ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read/write buffer sizes: small, so idle connections stay cheap.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+
+pub async fn upgrade(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let tracker = s.tasks.clone();
+    ws.max_message_size(s.config.ws_max_message_bytes)
+        .max_frame_size(s.config.ws_max_frame_bytes)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .on_upgrade(move |socket| async move {
+            // Owned by the app's task tracker: shutdown waits for it.
+            let _guard = tracker.token();
+            connection(socket, s, auth).await;
+        })
+}
+
+enum ForwardEnd {
+    /// The room ended for this device (removed) or the connection closed.
+    Done,
+    /// The outbound queue was full: the client is too slow.
+    Slow,
+}
+
+async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
+    let device_id = auth.device_id;
+    tracing::debug!(device_id, "websocket connected");
+    let (conn_id, mut device_events) = s.hub.register_device(device_id);
+    let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(s.config.ws_outbound_queue.max(1));
+    let mut forwarders: JoinSet<Result<ForwardEnd, Error>> = JoinSet::new();
+    let mut by_room: HashMap<String, AbortHandle> = HashMap::new();
+    let (mut sink, mut stream) = socket.split();
+
+    let close: Option<(u16, &'static str)> = loop {
+        tokio::select! {
+            _ = s.shutdown.cancelled() => break Some((close_codes::GOING_AWAY, "server shutting down")),
+            incoming = stream.next() => match incoming {
+                None | Some(Ok(Message::Close(_))) => break None,
+                Some(Err(e)) => {
+                    let too_big = e.to_string().to_ascii_lowercase().contains("too long")
+                        || e.to_string().to_ascii_lowercase().contains("capacity");
+                    tracing::debug!(device_id, error = %e, "websocket read failed");
+                    if too_big {
+                        break Some((close_codes::TOO_BIG, "message too big"));
+                    }
+                    break None;
+                }
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
+                    Ok(ClientFrame::Resume { rooms }) => {
+                        for (room_id, after) in rooms {
+                            match s.delivery.is_member(device_id, &room_id).await {
+                                Ok(true) => {
+                                    if let Some(old) = by_room.remove(&room_id) {
+                                        old.abort();
+                                    }
+                                    let handle = forwarders.spawn(forward(
+                                        s.clone(), auth, room_id.clone(), after, out_tx.clone(),
+                                    ));
+                                    by_room.insert(room_id, handle);
+                                }
+                                Ok(false) => {
+                                    let _ = out_tx.try_send(error_frame(
+                                        ErrorCode::NotAMember,
+                                        "this device is not a member of a room it resumed",
+                                    ));
+                                }
+                                Err(e) => {
+                                    e.log("websocket resume");
+                                    let _ = out_tx.try_send(error_frame(e.code, &e.message));
+                                }
+                            }
+                        }
+                    }
+                    Ok(ClientFrame::Ping { nonce }) => {
+                        if let Ok(f) = frame_text(&ServerFrame::Pong { nonce })
+                            && out_tx.try_send(f).is_err()
+                        {
+                            break Some((close_codes::SLOW_CONSUMER, "too slow"));
+                        }
+                    }
+                    Err(_) => break Some((close_codes::INVALID_FRAME, "invalid frame")),
+                },
+                Some(Ok(Message::Binary(_))) => break Some((close_codes::INVALID_FRAME, "binary frames are not used")),
+                Some(Ok(_)) => {} // ping/pong are answered by the library
+            },
+            event = device_events.recv() => match event {
+                Some(frame) => {
+                    if out_tx.try_send(frame).is_err() {
+                        break Some((close_codes::SLOW_CONSUMER, "too slow"));
+                    }
+                }
+                None => break Some((close_codes::SLOW_CONSUMER, "too slow")),
+            },
+            frame = out_rx.recv() => {
+                let Some(frame) = frame else { break None };
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(frame))).await {
+                    Ok(Ok(())) => {}
+                    _ => break None,
+                }
+            }
+            Some(done) = forwarders.join_next() => match done {
+                Ok(Ok(ForwardEnd::Done)) | Err(_) => {}
+                Ok(Ok(ForwardEnd::Slow)) => break Some((close_codes::SLOW_CONSUMER, "too slow: resume from your last seq")),
+                Ok(Err(e)) => {
+                    e.log("websocket forward");
+                    break Some((1011, "internal error"));
+                }
+            },
+        }
+    };
+    forwarders.abort_all();
+    s.hub.unregister_device(device_id, conn_id);
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    tracing::debug!(device_id, close = ?close.map(|c| c.0), "websocket closed");
+}
+
+fn error_frame(code: ErrorCode, message: &str) -> Utf8Bytes {
+    frame_text(&ServerFrame::Error {
+        code: code.as_str().to_string(),
+        message: message.to_string(),
+    })
+    .unwrap_or_else(|_| {
+        Utf8Bytes::from_static("{\"type\":\"error\",\"code\":\"internal\",\"message\":\"\"}")
+    })
+}
+
+/// Deliver a room to one connection: catch up from disk, then follow live.
+async fn forward(
+    s: Arc<AppState>,
+    auth: AuthDevice,
+    room_id: String,
+    after: u64,
+    out: mpsc::Sender<Utf8Bytes>,
+) -> Result<ForwardEnd, Error> {
+    // Subscribe before reading the disk, so nothing falls between the two.
+    let mut live = s.hub.subscribe_room(&room_id);
+    let mut last = after;
+    if !catch_up(&s, auth, &room_id, &mut last, &out).await? {
+        return Ok(ForwardEnd::Done);
+    }
+    loop {
+        match live.recv().await {
+            Ok(d) => {
+                if d.seq <= last {
+                    continue;
+                }
+                if d.seq > last + 1 {
+                    if !catch_up(&s, auth, &room_id, &mut last, &out).await? {
+                        return Ok(ForwardEnd::Done);
+                    }
+                    if d.seq <= last {
+                        continue;
+                    }
+                }
+                match out.try_send(d.frame.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => return Ok(ForwardEnd::Slow),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(ForwardEnd::Done),
+                }
+                last = d.seq;
+                if d.removed.contains(&auth.device_id) {
+                    return Ok(ForwardEnd::Done);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !catch_up(&s, auth, &room_id, &mut last, &out).await? {
+                    return Ok(ForwardEnd::Done);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(ForwardEnd::Done),
+        }
+    }
+}
+
+/// Send everything after `last` from the store. `Ok(false)` when the device
+/// is no longer a member (after sending up to the commit that removed it).
+async fn catch_up(
+    s: &AppState,
+    auth: AuthDevice,
+    room_id: &str,
+    last: &mut u64,
+    out: &mpsc::Sender<Utf8Bytes>,
+) -> Result<bool, Error> {
+    let mut final_pass = false;
+    loop {
+        let page = match s
+            .delivery
+            .history(auth, room_id, *last, crate::delivery::MAX_PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.code == ErrorCode::NotAMember => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for envelope in page.messages {
+            let seq = envelope.seq;
+            let frame = frame_text(&ServerFrame::Message { envelope })?;
+            if out.send(frame).await.is_err() {
+                return Ok(false);
+            }
+            *last = seq;
+        }
+        if page.more {
+            continue;
+        }
+        if final_pass {
+            return Ok(false);
+        }
+        if s.delivery.is_member(auth.device_id, room_id).await? {
+            return Ok(true);
+        }
+        // Removed meanwhile: deliver up to the removing commit, then stop.
+        final_pass = true;
+    }
+}
