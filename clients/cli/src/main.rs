@@ -1,0 +1,396 @@
+//! `tonari-cli`: a command-line Tonari client built on `tonari-sdk`.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tonari_sdk::{Client, Event, SdkError, Sender};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tonari-cli",
+    version,
+    about = "Tonari end-to-end encrypted messaging, from the command line",
+    long_about = "Tonari end-to-end encrypted messaging (MLS) from the command line.\n\n\
+        Each device keeps its keys and state in a device directory. Register an \
+        account, log in once (creating the device), then use the other commands \
+        with the same --user or --device-dir."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Server base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "TONARI_SERVER",
+        default_value = "http://127.0.0.1:8480"
+    )]
+    server: String,
+    /// Device directory (keys, rooms, history). Default:
+    /// $HOME/.local/share/tonari-cli/<username>.
+    #[arg(long, global = true, env = "TONARI_DEVICE_DIR")]
+    device_dir: Option<PathBuf>,
+    /// Username whose default device directory to use (for commands that do
+    /// not take a username).
+    #[arg(long, short = 'u', global = true, env = "TONARI_USER")]
+    user: Option<String>,
+    /// Password (else TONARI_PASSWORD, else read one line from stdin).
+    #[arg(long, global = true, env = "TONARI_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new account on the server (does not log in).
+    Register {
+        /// The new username.
+        username: String,
+    },
+    /// Log in and register this device (or re-attach the device stored in the
+    /// device directory). Uploads key packages.
+    Login {
+        /// The account's username.
+        username: String,
+        /// A label for this device.
+        #[arg(long, default_value = "tonari-cli")]
+        device_name: String,
+    },
+    /// Revoke this device's session token (keys and history stay on disk).
+    Logout,
+    /// List the rooms of this device with their last processed seq and members.
+    Rooms,
+    /// Create a new room with only this device in it; prints the room id.
+    Create,
+    /// Add every device of USER to ROOM (one commit, with a Welcome).
+    Invite {
+        /// Room id (hex).
+        room: String,
+        /// Username to add.
+        user: String,
+    },
+    /// Send a text message to ROOM; prints the acknowledged seq.
+    Send {
+        /// Room id (hex).
+        room: String,
+        /// The message text.
+        text: String,
+    },
+    /// Sync, then print ROOM's messages as they arrive (WebSocket) until Ctrl-C.
+    /// One line per message: `[seq] username: text`; membership changes as
+    /// `* alice added bob (device 3)`.
+    Follow {
+        /// Room id (hex).
+        room: String,
+        /// Print the local history of the room first.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Print the local history of ROOM (run `sync` first to fetch new messages).
+    History {
+        /// Room id (hex).
+        room: String,
+    },
+    /// Remove every device of USER from ROOM.
+    Remove {
+        /// Room id (hex).
+        room: String,
+        /// Username to remove.
+        user: String,
+    },
+    /// Ask to leave ROOM: another member's client commits the removal.
+    Leave {
+        /// Room id (hex).
+        room: String,
+    },
+    /// Accept invitations and fetch new messages of every room; prints what happened.
+    Sync,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Sdk(e)) => {
+            eprintln!("error [{}]: {e}", e.kind());
+            ExitCode::FAILURE
+        }
+        Err(CliError::Usage(m)) => {
+            eprintln!("error [usage]: {m}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum CliError {
+    Sdk(SdkError),
+    Usage(String),
+}
+
+impl From<SdkError> for CliError {
+    fn from(e: SdkError) -> Self {
+        CliError::Sdk(e)
+    }
+}
+
+type Res<T> = Result<T, CliError>;
+
+impl Global {
+    fn device_dir(&self, username: Option<&str>) -> Res<PathBuf> {
+        if let Some(d) = &self.device_dir {
+            return Ok(d.clone());
+        }
+        let Some(user) = username.or(self.user.as_deref()) else {
+            return Err(CliError::Usage(
+                "give --device-dir (or TONARI_DEVICE_DIR) or --user (or TONARI_USER)".into(),
+            ));
+        };
+        if user.is_empty() || user.contains(['/', '\\']) || user.starts_with('.') {
+            return Err(CliError::Usage(
+                "username cannot be used as a directory name".into(),
+            ));
+        }
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| CliError::Usage("HOME is not set; give --device-dir".into()))?;
+        Ok(PathBuf::from(home)
+            .join(".local/share/tonari-cli")
+            .join(user))
+    }
+
+    fn password(&self) -> Res<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| CliError::Usage(format!("cannot read password: {e}")))?;
+        let p = line.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            return Err(CliError::Usage("empty password".into()));
+        }
+        Ok(p)
+    }
+
+    fn open(&self) -> Res<Client> {
+        let dir = self.device_dir(None)?;
+        Ok(Client::open(&dir)?)
+    }
+}
+
+async fn run(cli: Cli) -> Res<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Register { username } => {
+            let password = g.password()?;
+            let r = Client::register(&g.server, username, &password).await?;
+            println!("registered {} (user id {})", r.username, r.user_id);
+        }
+        Command::Login {
+            username,
+            device_name,
+        } => {
+            let dir = g.device_dir(Some(username))?;
+            let password = g.password()?;
+            let c = Client::login(&g.server, &dir, username, &password, device_name).await?;
+            println!(
+                "logged in as {} (user id {}, device {}); device dir {}",
+                c.username(),
+                c.user_id(),
+                c.device_id(),
+                dir.display()
+            );
+        }
+        Command::Logout => {
+            let c = g.open()?;
+            c.logout().await?;
+            println!("logged out");
+        }
+        Command::Rooms => {
+            let c = g.open()?;
+            let rooms = c.rooms().await?;
+            if rooms.is_empty() {
+                println!("no rooms");
+            }
+            for r in rooms {
+                let members: Vec<String> = r.members.iter().map(member_label).collect();
+                println!(
+                    "{}  last_seq={}  {}  members: {}",
+                    r.room_id,
+                    r.last_seq,
+                    r.status,
+                    members.join(", ")
+                );
+            }
+        }
+        Command::Create => {
+            let c = g.open()?;
+            let room = c.create_room().await?;
+            println!("{room}");
+        }
+        Command::Invite { room, user } => {
+            let c = g.open()?;
+            let ack = c.invite(room, user).await?;
+            println!("invited {user} (seq {}, epoch {})", ack.seq, ack.epoch);
+        }
+        Command::Send { room, text } => {
+            let c = g.open()?;
+            let ack = c.send_text(room, text).await?;
+            println!("{}", ack.seq);
+        }
+        Command::Follow { room, history } => {
+            let c = g.open()?;
+            follow(&c, room, *history).await?;
+        }
+        Command::History { room } => {
+            let c = g.open()?;
+            for m in c.history(room).await? {
+                println!(
+                    "[{}] {}: {}",
+                    m.seq,
+                    m.sender.username,
+                    m.content.display_text()
+                );
+            }
+        }
+        Command::Remove { room, user } => {
+            let c = g.open()?;
+            let ack = c.remove(room, user).await?;
+            println!("removed {user} (seq {}, epoch {})", ack.seq, ack.epoch);
+        }
+        Command::Leave { room } => {
+            let c = g.open()?;
+            let ack = c.leave(room).await?;
+            println!(
+                "leave requested (seq {}); another member completes it",
+                ack.seq
+            );
+        }
+        Command::Sync => {
+            let c = g.open()?;
+            let events = c.sync().await?;
+            for e in &events {
+                println!("{} {}", short(e.room_id()), render(c.device_id(), e));
+            }
+            if events.is_empty() {
+                println!("nothing new");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn follow(c: &Client, room: &str, history: bool) -> Res<()> {
+    // Make sure the room exists locally (it may arrive with a pending welcome).
+    let synced = c.sync().await;
+    if history {
+        for m in c.history(room).await? {
+            println!(
+                "[{}] {}: {}",
+                m.seq,
+                m.sender.username,
+                m.content.display_text()
+            );
+        }
+    }
+    match synced {
+        Ok(events) if !history => print_room_events(c, room, &events),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning [{}]: {e}", e.kind()),
+    }
+    // Fail early with a clear message for unknown rooms.
+    c.room(room).await?;
+    let mut sub = c.connect().await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            next = sub.next() => match next {
+                None => return Ok(()),
+                Some(Ok(e)) => {
+                    print_room_events(c, room, std::slice::from_ref(&e));
+                    if matches!(&e, Event::Removed { room_id, .. } | Event::Left { room_id, .. } if room_id == room) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    if matches!(e, SdkError::NotLoggedIn)
+                        || e.is_code(tonari_sdk::ErrorCode::Unauthenticated)
+                    {
+                        return Err(e.into());
+                    }
+                    eprintln!("warning [{}]: {e}", e.kind());
+                }
+            }
+        }
+    }
+}
+
+fn print_room_events(c: &Client, room: &str, events: &[Event]) {
+    let mut out = std::io::stdout().lock();
+    for e in events.iter().filter(|e| e.room_id() == room) {
+        let _ = writeln!(out, "{}", render(c.device_id(), e));
+    }
+    let _ = out.flush();
+}
+
+fn short(room_id: &str) -> String {
+    format!("[{}]", room_id.get(..8).unwrap_or(room_id))
+}
+
+fn member_label(s: &Sender) -> String {
+    format!("{} (device {})", s.username, s.device_id)
+}
+
+/// One line per event.
+fn render(own_device: i64, e: &Event) -> String {
+    match e {
+        Event::Message {
+            seq,
+            sender,
+            content,
+            ..
+        } => format!("[{seq}] {}: {}", sender.username, content.display_text()),
+        Event::MembersChanged {
+            by, added, removed, ..
+        } => {
+            let mut parts = Vec::new();
+            for a in added {
+                parts.push(format!("* {} added {}", by.username, member_label(a)));
+            }
+            for r in removed {
+                if r.device_id == by.device_id {
+                    parts.push(format!("* {} left", member_label(r)));
+                } else if r.device_id == own_device {
+                    parts.push(format!("* {} removed you", by.username));
+                } else {
+                    parts.push(format!("* {} removed {}", by.username, member_label(r)));
+                }
+            }
+            parts.join("\n")
+        }
+        Event::Joined { room_id } => format!("* joined room {room_id}"),
+        Event::Removed { seq, .. } => format!("* you were removed from the room (seq {seq})"),
+        Event::Left { seq, .. } => format!("* you left the room (seq {seq})"),
+        Event::Undecryptable { seq, .. } => format!("[{seq}] (message could not be decrypted)"),
+    }
+}
