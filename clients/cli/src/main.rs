@@ -74,7 +74,8 @@ enum Command {
         /// Room id (hex).
         room: String,
         /// Username to add.
-        user: String,
+        #[arg(value_name = "USER")]
+        username: String,
     },
     /// Send a text message to ROOM; prints the acknowledged seq.
     Send {
@@ -103,7 +104,8 @@ enum Command {
         /// Room id (hex).
         room: String,
         /// Username to remove.
-        user: String,
+        #[arg(value_name = "USER")]
+        username: String,
     },
     /// Ask to leave ROOM: another member's client commits the removal.
     Leave {
@@ -248,10 +250,10 @@ async fn run(cli: Cli) -> Res<()> {
             let room = c.create_room().await?;
             println!("{room}");
         }
-        Command::Invite { room, user } => {
+        Command::Invite { room, username } => {
             let c = g.open()?;
-            let ack = c.invite(room, user).await?;
-            println!("invited {user} (seq {}, epoch {})", ack.seq, ack.epoch);
+            let ack = c.invite(room, username).await?;
+            println!("invited {username} (seq {}, epoch {})", ack.seq, ack.epoch);
         }
         Command::Send { room, text } => {
             let c = g.open()?;
@@ -273,10 +275,10 @@ async fn run(cli: Cli) -> Res<()> {
                 );
             }
         }
-        Command::Remove { room, user } => {
+        Command::Remove { room, username } => {
             let c = g.open()?;
-            let ack = c.remove(room, user).await?;
-            println!("removed {user} (seq {}, epoch {})", ack.seq, ack.epoch);
+            let ack = c.remove(room, username).await?;
+            println!("removed {username} (seq {}, epoch {})", ack.seq, ack.epoch);
         }
         Command::Leave { room } => {
             let c = g.open()?;

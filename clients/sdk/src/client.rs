@@ -1266,25 +1266,22 @@ impl Client {
     /// processed and the first error is returned at the end.
     pub async fn sync(&self) -> Result<Vec<Event>> {
         let _g = self.inner.proc_lock.lock().await;
-        let mut events = Vec::new();
+        // Every event produced while we hold the lock (including those of
+        // commits we make for others' leave requests) is published; collect
+        // them through a private subscriber.
+        let mut rx = self.register_subscriber()?;
         let mut first_err: Option<SdkError> = None;
-        match self.accept_welcomes().await {
-            Ok((ev, _)) => events.extend(ev),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+        if let Err(e) = self.accept_welcomes().await {
+            first_err.get_or_insert(e);
         }
         let rooms = self.with_provider(|_, c| store::rooms(c))?;
         for r in rooms {
             if r.status != status::ACTIVE && r.status != status::LEAVING {
                 continue;
             }
-            match self.catch_up_room(&r.room_id).await {
-                Ok(ev) => events.extend(ev),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    continue;
-                }
+            if let Err(e) = self.catch_up_room(&r.room_id).await {
+                first_err.get_or_insert(e);
+                continue;
             }
             if let Err(e) = self.after_processing(&r.room_id).await {
                 first_err.get_or_insert(e);
@@ -1299,6 +1296,11 @@ impl Client {
             Ok(_) => {}
             Err(e) => tracing::debug!("key package count failed: {e}"),
         }
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        drop(rx);
         match first_err {
             Some(e) => Err(e),
             None => Ok(events),

@@ -30,6 +30,7 @@ mod store;
 mod subscription;
 #[doc(hidden)]
 pub mod testing;
+mod testing_raw;
 
 pub use client::{
     Client, Event, KEY_PACKAGE_TARGET, LocalRoom, MAX_CONFLICT_RETRIES, Sender, StoredMessage,
