@@ -32,6 +32,9 @@ pub struct Subscription {
     ws: Option<Ws>,
     ping: tokio::time::Interval,
     nonce: u64,
+    /// Set while a frame is being processed: if `next` is cancelled midway,
+    /// the next call catches every room up over HTTP first.
+    resync_needed: bool,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -56,6 +59,7 @@ impl Client {
             ws: None,
             ping,
             nonce: 0,
+            resync_needed: false,
         };
         sub.open().await?;
         Ok(sub)
@@ -164,6 +168,10 @@ impl Subscription {
     }
 
     /// The next event, in order. `None` only if the client went away.
+    ///
+    /// Cancel-safe while waiting (e.g. under `tokio::time::timeout`); if it
+    /// is cancelled while processing a frame, the next call catches up over
+    /// HTTP, so nothing is lost or processed twice.
     /// Errors (network trouble after several reconnect attempts, an
     /// untrusted commit, ...) are returned as `Some(Err(_))`; calling `next`
     /// again continues (and reconnects).
@@ -171,6 +179,12 @@ impl Subscription {
         loop {
             if let Ok(ev) = self.rx.try_recv() {
                 return Some(Ok(ev));
+            }
+            if self.resync_needed {
+                if let Err(e) = self.resync().await {
+                    return Some(Err(e));
+                }
+                continue;
             }
             if self.ws.is_none()
                 && let Err(e) = self.reconnect().await
@@ -207,7 +221,10 @@ impl Subscription {
                 }
                 Step::Ws(Some(Ok(msg))) => match msg {
                     Message::Text(t) => {
-                        if let Err(e) = self.handle_text(t.as_str()).await {
+                        self.resync_needed = true;
+                        let res = self.handle_text(t.as_str()).await;
+                        self.resync_needed = false;
+                        if let Err(e) = res {
                             return Some(Err(e));
                         }
                     }
@@ -223,6 +240,18 @@ impl Subscription {
                 },
             }
         }
+    }
+
+    /// Catch every followed room up over HTTP (after an interrupted `next`).
+    async fn resync(&mut self) -> Result<()> {
+        let client = self.client.clone();
+        let _g = client.inner.proc_lock.lock().await;
+        for room in client.cursors()?.into_keys() {
+            client.catch_up_room(&room).await?;
+            client.after_processing(&room).await?;
+        }
+        self.resync_needed = false;
+        Ok(())
     }
 
     async fn handle_text(&mut self, text: &str) -> Result<()> {

@@ -125,3 +125,23 @@ pub fn forge_key_package(identity: DeviceIdentity) -> Result<Vec<u8>> {
         .to_bytes()
         .map_err(SdkError::mls)
 }
+
+impl Client {
+    /// Raw envelopes of a room after `after` (one page), as the server stores
+    /// them. For tests that replay ciphertext.
+    #[doc(hidden)]
+    pub async fn fetch_envelopes(&self, room_id: &str, after: u64) -> Result<Vec<Envelope>> {
+        let path = format!(
+            "{}?after={after}&limit=500",
+            tonari_wire::paths::fill(tonari_wire::paths::ROOM_HISTORY, &[("room_id", room_id)])
+        );
+        let page: tonari_wire::MessagePage = self.get(&path).await?;
+        Ok(page.messages)
+    }
+
+    /// The session token (tests that talk to the server directly).
+    #[doc(hidden)]
+    pub fn session_token(&self) -> Result<String> {
+        self.token()
+    }
+}
