@@ -198,6 +198,18 @@ impl Global {
         let dir = self.device_dir(None)?;
         Ok(Client::open(&dir)?)
     }
+
+    /// Open the device and make sure `room` is known locally (a pending
+    /// invitation is accepted by syncing once).
+    async fn open_with_room(&self, room: &str) -> Res<Client> {
+        let c = self.open()?;
+        if let Err(SdkError::UnknownRoom(_)) = c.room(room).await
+            && let Err(e) = c.sync().await
+        {
+            eprintln!("warning [{}]: {e}", e.kind());
+        }
+        Ok(c)
+    }
 }
 
 async fn run(cli: Cli) -> Res<()> {
@@ -251,12 +263,12 @@ async fn run(cli: Cli) -> Res<()> {
             println!("{room}");
         }
         Command::Invite { room, username } => {
-            let c = g.open()?;
+            let c = g.open_with_room(room).await?;
             let ack = c.invite(room, username).await?;
             println!("invited {username} (seq {}, epoch {})", ack.seq, ack.epoch);
         }
         Command::Send { room, text } => {
-            let c = g.open()?;
+            let c = g.open_with_room(room).await?;
             let ack = c.send_text(room, text).await?;
             println!("{}", ack.seq);
         }
@@ -276,12 +288,12 @@ async fn run(cli: Cli) -> Res<()> {
             }
         }
         Command::Remove { room, username } => {
-            let c = g.open()?;
+            let c = g.open_with_room(room).await?;
             let ack = c.remove(room, username).await?;
             println!("removed {username} (seq {}, epoch {})", ack.seq, ack.epoch);
         }
         Command::Leave { room } => {
-            let c = g.open()?;
+            let c = g.open_with_room(room).await?;
             let ack = c.leave(room).await?;
             println!(
                 "leave requested (seq {}); another member completes it",
