@@ -1349,11 +1349,16 @@ impl Client {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(room_id = %w.room_id, "welcome refused: {e}");
-                    if e.is_retryable() {
+                    if e.is_retryable() || matches!(e, SdkError::NotLoggedIn) {
+                        // Keep it for the next attempt.
                         first_err.get_or_insert(e);
                         continue;
                     }
-                    first_err.get_or_insert(e);
+                    // A useless welcome (e.g. its key package is gone) is
+                    // only logged; a refused member is reported.
+                    if matches!(e, SdkError::UntrustedMember { .. }) {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
             // Processed (joined, refused or useless): remove it.
@@ -1370,13 +1375,10 @@ impl Client {
                 Err(e) => tracing::warn!("could not delete welcome: {e}"),
             }
         }
+        // Joined events are published even when another welcome failed.
         let events = self.finish(raws).await;
         match first_err {
-            Some(e) if events.is_empty() => Err(e),
-            Some(e) => {
-                tracing::warn!("some welcomes failed: {e}");
-                Ok((events, joined))
-            }
+            Some(e) => Err(e),
             None => Ok((events, joined)),
         }
     }

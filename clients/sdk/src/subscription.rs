@@ -4,7 +4,6 @@ use crate::client::{Client, Event};
 use crate::error::{Result, SdkError, ServerCode};
 use crate::store::{self, status};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -35,6 +34,8 @@ pub struct Subscription {
     /// Set while a frame is being processed: if `next` is cancelled midway,
     /// the next call catches every room up over HTTP first.
     resync_needed: bool,
+    /// An error to report from the next `next` call.
+    pending_error: Option<SdkError>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -60,6 +61,7 @@ impl Client {
             ping,
             nonce: 0,
             resync_needed: false,
+            pending_error: None,
         };
         sub.open().await?;
         Ok(sub)
@@ -127,7 +129,12 @@ impl Subscription {
         {
             let _g = self.client.inner.proc_lock.lock().await;
             // Events go to our channel through `finish`.
-            self.client.accept_welcomes().await?;
+            if let Err(e) = self.client.accept_welcomes().await {
+                if e.is_retryable() {
+                    return Err(e);
+                }
+                self.pending_error = Some(e);
+            }
         }
         let cursors = self.client.cursors()?;
         self.send(&ClientFrame::Resume { rooms: cursors }).await
@@ -179,6 +186,9 @@ impl Subscription {
         loop {
             if let Ok(ev) = self.rx.try_recv() {
                 return Some(Ok(ev));
+            }
+            if let Some(e) = self.pending_error.take() {
+                return Some(Err(e));
             }
             if self.resync_needed {
                 if let Err(e) = self.resync().await {
@@ -287,22 +297,15 @@ impl Subscription {
                 Ok(())
             }
             ServerFrame::Welcome { .. } => {
-                let joined = {
+                let res = {
                     let _g = self.client.inner.proc_lock.lock().await;
-                    self.client.accept_welcomes().await?.1
+                    self.client.accept_welcomes().await
                 };
-                if !joined.is_empty() {
-                    let cursors = self.client.cursors()?;
-                    let rooms: BTreeMap<String, u64> = joined
-                        .into_iter()
-                        .map(|(r, seq)| {
-                            let c = cursors.get(&r).copied().unwrap_or(seq);
-                            (r, c)
-                        })
-                        .collect();
-                    self.send(&ClientFrame::Resume { rooms }).await?;
-                }
-                Ok(())
+                // Resume every room (new ones included); older cursors only
+                // replay what we skip as duplicates.
+                let rooms = self.client.cursors()?;
+                self.send(&ClientFrame::Resume { rooms }).await?;
+                res.map(|_| ())
             }
             ServerFrame::KeyPackagesLow { .. } => {
                 if let Err(e) = self.client.top_up_key_packages().await {
