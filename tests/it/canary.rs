@@ -1,0 +1,163 @@
+//! A plaintext canary sent in a room appears nowhere but in members' SDKs:
+//! not in the database files (incl. -wal/-shm), not in the server's logs (at
+//! trace level), not in any response to a non-member or in raw responses.
+
+use super::common::*;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tonari_sdk::{Client, Event};
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
+    let dir = tmp();
+    let data_dir = dir.path().join("server");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
+        .arg("serve")
+        .env("TONARI_LISTEN", "127.0.0.1:0")
+        .env("TONARI_DATA_DIR", &data_dir)
+        .env("TONARI_LOG_FILTER", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tonari serve");
+    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let url = tokio::time::timeout(WAIT, async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).await.expect("read stdout") == 0 {
+                panic!("server exited before listening");
+            }
+            logs.lock().unwrap().extend_from_slice(line.as_bytes());
+            if let Some(rest) = line.trim().strip_prefix("tonari listening on ") {
+                return rest.to_string();
+            }
+        }
+    })
+    .await
+    .expect("server listens in time");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (l1, l2) = (logs.clone(), logs.clone());
+    let out_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf).await;
+        l1.lock().unwrap().extend_from_slice(&buf);
+    });
+    let err_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf).await;
+        l2.lock().unwrap().extend_from_slice(&buf);
+    });
+
+    let canary = format!("CANARY-{}-血糖値", std::process::id() as u64 * 7919 + 13);
+    for u in ["mia", "ned", "ozu"] {
+        Client::register(&url, u, PASSWORD).await.expect("register");
+    }
+    let m = Client::login(&url, &dir.path().join("mia"), "mia", PASSWORD, "phone")
+        .await
+        .expect("login");
+    let n = Client::login(&url, &dir.path().join("ned"), "ned", PASSWORD, "phone")
+        .await
+        .expect("login");
+    let o = Client::login(&url, &dir.path().join("ozu"), "ozu", PASSWORD, "phone")
+        .await
+        .expect("login");
+    let room = m.create_room().await.expect("create");
+    m.invite(&room, "ned").await.expect("invite");
+    sync_until(&n, |ev| {
+        ev.iter().any(|e| matches!(e, Event::Joined { .. }))
+    })
+    .await;
+    let ack = m.send_text(&room, &canary).await.expect("send canary");
+    let ev = sync_until(&n, |ev| !texts(ev, &room).is_empty()).await;
+    assert_eq!(
+        texts(&ev, &room),
+        vec![canary.clone()],
+        "the member reads the canary"
+    );
+
+    // Raw responses: to a member (ciphertext) and to a non-member.
+    let mut responses = Vec::new();
+    for (who, token) in [
+        ("member", n.testing_token()),
+        ("non-member", o.testing_token()),
+    ] {
+        for path in [
+            format!("/v1/rooms/{room}/messages?after=0"),
+            format!("/v1/rooms/{room}"),
+            "/v1/rooms".to_string(),
+            "/v1/welcomes".to_string(),
+        ] {
+            let resp = reqwest::Client::new()
+                .get(format!("{url}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("request");
+            let body = resp.bytes().await.expect("body").to_vec();
+            assert!(
+                !contains(&body, canary.as_bytes()),
+                "{who} response to {path} leaks the canary"
+            );
+            responses.push(body);
+        }
+    }
+
+    // Database files while running (WAL and shm included).
+    let mut seen_files = 0;
+    for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
+        if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
+            seen_files += 1;
+            assert!(
+                !contains(&bytes, canary.as_bytes()),
+                "{f} contains the canary"
+            );
+        }
+    }
+    assert!(seen_files >= 2, "database and WAL exist");
+
+    // Graceful stop, then the files and the complete logs.
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(exit.success(), "graceful exit: {exit}");
+    out_task.await.expect("stdout task");
+    err_task.await.expect("stderr task");
+    for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
+        if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
+            assert!(
+                !contains(&bytes, canary.as_bytes()),
+                "{f} contains the canary after stop"
+            );
+        }
+    }
+    let logs = logs.lock().unwrap().clone();
+    assert!(
+        contains(&logs, b"message accepted"),
+        "trace logs were captured"
+    );
+    assert!(contains(&logs, room.as_bytes()), "logs carry ids");
+    assert!(
+        !contains(&logs, canary.as_bytes()),
+        "server logs contain the canary"
+    );
+    assert!(
+        !contains(&logs, b"CANARY-"),
+        "server logs contain the canary prefix"
+    );
+    assert!(ack.seq > 0);
+}

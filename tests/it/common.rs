@@ -1,0 +1,169 @@
+//! Test harness: a real server in-process, SDK clients, waiting helpers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonari::{App, Config};
+use tonari_sdk::{Client, Event};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+/// Upper bound for anything a test awaits; tests never sleep.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct TestServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), tonari::AppError>>>,
+}
+
+impl TestServer {
+    pub async fn start(dir: &Path) -> TestServer {
+        Self::start_at(dir, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_at(dir: &Path, listen: SocketAddr) -> TestServer {
+        Self::start_with(dir, |c| c.listen = listen).await
+    }
+
+    pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.join("server"),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let data_dir = config.data_dir.clone();
+        let app = App::build(config).await.expect("server builds");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            data_dir,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Graceful stop; waits until the server has shut down completely.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("server stops in time")
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+}
+
+/// A temp dir for one test (server data + device dirs).
+pub fn tmp() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("tonari-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+pub async fn register(server: &TestServer, username: &str) {
+    Client::register(&server.url, username, PASSWORD)
+        .await
+        .expect("register");
+}
+
+pub async fn login(server: &TestServer, root: &Path, username: &str, device: &str) -> Client {
+    Client::login(
+        &server.url,
+        &root.join(format!("{username}-{device}")),
+        username,
+        PASSWORD,
+        device,
+    )
+    .await
+    .expect("login")
+}
+
+/// Sync until `pred` holds on the events seen so far (bounded by WAIT).
+pub async fn sync_until(client: &Client, mut pred: impl FnMut(&[Event]) -> bool) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            let events = client.sync().await.expect("sync");
+            let progressed = !events.is_empty();
+            seen.extend(events);
+            if pred(&seen) {
+                return;
+            }
+            if !progressed {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "condition not reached in time; events seen: {seen:?}"
+    );
+    seen
+}
+
+/// Texts of message events in a room, in order.
+pub fn texts(events: &[Event], room: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                room_id, content, ..
+            } if room_id == room => Some(content.display_text().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Texts from the local history of a room.
+pub async fn history_texts(client: &Client, room: &str) -> Vec<String> {
+    client
+        .history(room)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|m| m.content.display_text().to_string())
+        .collect()
+}
+
+/// Raw HTTP: (status, body) of a request with an optional bearer token.
+pub async fn raw(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+pub fn code_of(body: &serde_json::Value) -> &str {
+    body.get("code").and_then(|c| c.as_str()).unwrap_or("")
+}
