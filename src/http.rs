@@ -121,7 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::WELCOMES, get(welcomes))
         .route(paths::WELCOME, delete(delete_welcome))
         .route(paths::WS, get(crate::ws::upgrade))
-        .fallback(|| async { ApiError(Error::new(ErrorCode::InvalidRequest, "no such endpoint")) })
+        .fallback(|| async { ApiError(Error::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -175,8 +175,11 @@ async fn user_devices(
 async fn device(
     State(s): State<Arc<AppState>>,
     Auth(..): Auth,
-    Path(device_id): Path<i64>,
+    Path(device_id): Path<String>,
 ) -> ApiResult<Json<DeviceInfo>> {
+    let device_id = device_id
+        .parse()
+        .map_err(|_| Error::new(ErrorCode::DeviceNotFound, "no such device"))?;
     Ok(Json(s.accounts.device(device_id).await?))
 }
 
@@ -271,8 +274,11 @@ async fn welcomes(
 async fn delete_welcome(
     State(s): State<Arc<AppState>>,
     Auth(auth, _): Auth,
-    Path(welcome_id): Path<i64>,
+    Path(welcome_id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let welcome_id = welcome_id
+        .parse()
+        .map_err(|_| Error::new(ErrorCode::WelcomeNotFound, "no such welcome"))?;
     s.delivery.ack_welcome(auth, welcome_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

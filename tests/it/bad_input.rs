@@ -102,6 +102,18 @@ async fn bad_requests_get_stable_codes_and_change_nothing() {
     .await;
     assert_eq!((status, code_of(&body)), (413, "payload_too_large"));
 
+    // 404: unknown endpoint, device and welcome ids that are not numbers.
+    for path in ["/v1/nope", "/v1/devices/abc", "/v1/welcomes/x"] {
+        let method = if path.starts_with("/v1/welcomes") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let (status, body) = raw(method, url(path), Some(&token), None).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(code_of(&body).ends_with("not_found"), "{path}: {body}");
+    }
+
     // 404: unknown room.
     let (status, body) = raw(
         Method::POST,

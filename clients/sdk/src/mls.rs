@@ -51,13 +51,7 @@ pub fn load_group_opt(p: &Provider<'_>, room_id: &str) -> Result<Option<MlsGroup
 }
 
 pub fn load_group(p: &Provider<'_>, room_id: &str) -> Result<MlsGroup> {
-    load_group_opt(p, room_id)?.ok_or_else(|| {
-        eprintln!(
-            "DEBUG load_group none {}",
-            std::backtrace::Backtrace::force_capture()
-        );
-        SdkError::UnknownRoom(room_id.to_string())
-    })
+    load_group_opt(p, room_id)?.ok_or_else(|| SdkError::UnknownRoom(room_id.to_string()))
 }
 
 /// The Tonari identity in a credential, if it is a well-formed basic credential.

@@ -122,6 +122,8 @@ pub enum ErrorCode {
     DeviceNotFound,
     /// 404: no such welcome.
     WelcomeNotFound,
+    /// 404: no such endpoint.
+    NotFound,
     /// 409: the message is for another epoch than the room's current one.
     EpochConflict,
     /// 409: the room already exists.
@@ -141,7 +143,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidMlsMessage,
         ErrorCode::EncryptedHandshake,
@@ -156,6 +158,7 @@ impl ErrorCode {
         ErrorCode::UserNotFound,
         ErrorCode::DeviceNotFound,
         ErrorCode::WelcomeNotFound,
+        ErrorCode::NotFound,
         ErrorCode::EpochConflict,
         ErrorCode::RoomExists,
         ErrorCode::UsernameTaken,
@@ -182,6 +185,7 @@ impl ErrorCode {
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::DeviceNotFound => "device_not_found",
             ErrorCode::WelcomeNotFound => "welcome_not_found",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::EpochConflict => "epoch_conflict",
             ErrorCode::RoomExists => "room_exists",
             ErrorCode::UsernameTaken => "username_taken",
@@ -205,7 +209,8 @@ impl ErrorCode {
             ErrorCode::RoomNotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound
-            | ErrorCode::WelcomeNotFound => 404,
+            | ErrorCode::WelcomeNotFound
+            | ErrorCode::NotFound => 404,
             ErrorCode::EpochConflict
             | ErrorCode::RoomExists
             | ErrorCode::UsernameTaken
@@ -423,9 +428,9 @@ pub struct WelcomeList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Deliver every message after `after` for each room, then live ones.
-    /// Rooms the device is a member of but that are not listed are delivered
-    /// live only. May be sent again at any time (e.g. after joining a room).
+    /// Deliver every message after `after` for each listed room, then live
+    /// ones. Only listed rooms are delivered; send it again at any time (e.g.
+    /// after joining a room) to add rooms or restart one from a cursor.
     Resume { rooms: BTreeMap<String, u64> },
     /// Keep-alive; answered with [`ServerFrame::Pong`].
     Ping { nonce: u64 },
