@@ -5,7 +5,6 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
-use tonari_sdk::Event;
 use tonari_wire::ErrorCode;
 
 const SMALL: usize = 64 * 1024;
@@ -19,16 +18,8 @@ async fn bad_requests_get_stable_codes_and_change_nothing() {
         c.ws_max_frame_bytes = SMALL;
     })
     .await;
-    register(&server, "pat").await;
-    register(&server, "quinn").await;
-    let p = login(&server, dir.path(), "pat", "phone").await;
-    let q = login(&server, dir.path(), "quinn", "phone").await;
-    let room = p.create_room().await.expect("create");
-    p.invite(&room, "quinn").await.expect("invite");
-    sync_until(&q, |ev| {
-        ev.iter().any(|e| matches!(e, Event::Joined { .. }))
-    })
-    .await;
+    let (p, mut others, room) = room_with(&server, dir.path(), "pat", &["quinn"]).await;
+    let q = others.remove(0);
     p.send_text(&room, "hello").await.expect("send");
     let token = p.testing_token();
     let before = p.server_rooms().await.expect("rooms");

@@ -167,3 +167,29 @@ pub async fn raw(
 pub fn code_of(body: &serde_json::Value) -> &str {
     body.get("code").and_then(|c| c.as_str()).unwrap_or("")
 }
+
+/// Register `owner` and `members` (one device each), let `owner` create a
+/// room and invite the others, and wait until every member has joined.
+pub async fn room_with(
+    server: &TestServer,
+    root: &Path,
+    owner: &str,
+    members: &[&str],
+) -> (Client, Vec<Client>, String) {
+    register(server, owner).await;
+    let o = login(server, root, owner, "phone").await;
+    let room = o.create_room().await.expect("create room");
+    let mut clients = Vec::new();
+    for m in members {
+        register(server, m).await;
+        let c = login(server, root, m, "phone").await;
+        o.invite(&room, m).await.expect("invite");
+        sync_until(&c, |ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Joined { room_id } if *room_id == room))
+        })
+        .await;
+        clients.push(c);
+    }
+    (o, clients, room)
+}

@@ -8,17 +8,8 @@ async fn two_in_a_room(
     server: &TestServer,
     root: &std::path::Path,
 ) -> (tonari_sdk::Client, tonari_sdk::Client, String) {
-    register(server, "ann").await;
-    register(server, "ben").await;
-    let a = login(server, root, "ann", "phone").await;
-    let b = login(server, root, "ben", "phone").await;
-    let room = a.create_room().await.expect("create");
-    a.invite(&room, "ben").await.expect("invite");
-    sync_until(&b, |ev| {
-        ev.iter().any(|e| matches!(e, Event::Joined { .. }))
-    })
-    .await;
-    (a, b, room)
+    let (a, mut others, room) = room_with(server, root, "ann", &["ben"]).await;
+    (a, others.remove(0), room)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,16 +70,10 @@ async fn two_commits_for_one_epoch_one_wins_and_both_converge() {
         a.testing_submit_pending_commit(&room, "ca", &ca, Some(&wa)),
         b.testing_submit_pending_commit(&room, "cb", &cb, Some(&wb)),
     );
-    let oks = [ra.is_ok(), rb.is_ok()];
-    assert_eq!(
-        oks.iter().filter(|o| **o).count(),
-        1,
-        "exactly one commit wins: {ra:?} {rb:?}"
-    );
-    let (winner, loser, loser_err, loser_target) = if ra.is_ok() {
-        (&a, &b, rb.unwrap_err(), "dee")
-    } else {
-        (&b, &a, ra.unwrap_err(), "cid")
+    let (winner, loser, loser_err, loser_target) = match (ra, rb) {
+        (Ok(_), Err(e)) => (&a, &b, e, "dee"),
+        (Err(e), Ok(_)) => (&b, &a, e, "cid"),
+        other => panic!("exactly one commit must win: {other:?}"),
     };
     assert!(loser_err.is_code(ErrorCode::EpochConflict), "{loser_err}");
 

@@ -2,25 +2,17 @@
 //! by clients.
 
 use super::common::*;
-use tonari_sdk::{Event, SdkError};
+use tonari_sdk::SdkError;
 use tonari_wire::{DeviceIdentity, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_device_key_is_refused_by_server_and_client() {
     let dir = tmp();
     let server = TestServer::start(dir.path()).await;
-    for u in ["fay", "gus", "hal"] {
-        register(&server, u).await;
-    }
-    let f = login(&server, dir.path(), "fay", "phone").await;
-    let g = login(&server, dir.path(), "gus", "phone").await;
+    let (f, mut others, room) = room_with(&server, dir.path(), "fay", &["gus"]).await;
+    let g = others.remove(0);
+    register(&server, "hal").await;
     let h = login(&server, dir.path(), "hal", "phone").await;
-    let room = f.create_room().await.expect("create");
-    f.invite(&room, "gus").await.expect("invite");
-    sync_until(&g, |ev| {
-        ev.iter().any(|e| matches!(e, Event::Joined { .. }))
-    })
-    .await;
     let before = f.server_rooms().await.expect("rooms");
 
     // A key package that claims hal's identity with a key the directory does not have.

@@ -7,16 +7,8 @@ use tonari_sdk::{Client, Event};
 async fn acked_messages_survive_server_and_client_restart() {
     let dir = tmp();
     let server = TestServer::start(dir.path()).await;
-    register(&server, "kim").await;
-    register(&server, "lee").await;
-    let k = login(&server, dir.path(), "kim", "phone").await;
-    let l = login(&server, dir.path(), "lee", "phone").await;
-    let room = k.create_room().await.expect("create");
-    k.invite(&room, "lee").await.expect("invite");
-    sync_until(&l, |ev| {
-        ev.iter().any(|e| matches!(e, Event::Joined { .. }))
-    })
-    .await;
+    let (k, mut others, room) = room_with(&server, dir.path(), "kim", &["lee"]).await;
+    let l = others.remove(0);
 
     let mut expected = Vec::new();
     for i in 0..10 {

@@ -221,17 +221,8 @@ async fn three_people_four_devices_talk_remove_and_add_device() {
 async fn a_member_can_leave_and_the_others_commit_it() {
     let dir = tmp();
     let server = TestServer::start(dir.path()).await;
-    for u in ["dora", "eli"] {
-        register(&server, u).await;
-    }
-    let d = login(&server, dir.path(), "dora", "phone").await;
-    let e = login(&server, dir.path(), "eli", "phone").await;
-    let room = d.create_room().await.expect("create");
-    d.invite(&room, "eli").await.expect("invite");
-    sync_until(&e, |ev| {
-        ev.iter().any(|x| matches!(x, Event::Joined { .. }))
-    })
-    .await;
+    let (d, mut others, room) = room_with(&server, dir.path(), "dora", &["eli"]).await;
+    let e = others.remove(0);
     e.leave(&room).await.expect("leave request");
     // dora's sync sees the request and commits it.
     sync_until(&d, |ev| {

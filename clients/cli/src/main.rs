@@ -278,14 +278,7 @@ async fn run(cli: Cli) -> Res<()> {
         }
         Command::History { room } => {
             let c = g.open()?;
-            for m in c.history(room).await? {
-                println!(
-                    "[{}] {}: {}",
-                    m.seq,
-                    m.sender.username,
-                    m.content.display_text()
-                );
-            }
+            print_history(&c, room).await?;
         }
         Command::Remove { room, username } => {
             let c = g.open_with_room(room).await?;
@@ -318,14 +311,7 @@ async fn follow(c: &Client, room: &str, history: bool) -> Res<()> {
     // Make sure the room exists locally (it may arrive with a pending welcome).
     let synced = c.sync().await;
     if history {
-        for m in c.history(room).await? {
-            println!(
-                "[{}] {}: {}",
-                m.seq,
-                m.sender.username,
-                m.content.display_text()
-            );
-        }
+        print_history(c, room).await?;
     }
     match synced {
         Ok(events) if !history => print_room_events(c, room, &events),
@@ -407,4 +393,17 @@ fn render(own_device: i64, e: &Event) -> String {
         Event::Left { seq, .. } => format!("* you left the room (seq {seq})"),
         Event::Undecryptable { seq, .. } => format!("[{seq}] (message could not be decrypted)"),
     }
+}
+
+/// Print a room's local history, one line per message.
+async fn print_history(c: &Client, room: &str) -> Res<()> {
+    for m in c.history(room).await? {
+        println!(
+            "[{}] {}: {}",
+            m.seq,
+            m.sender.username,
+            m.content.display_text()
+        );
+    }
+    Ok(())
 }
