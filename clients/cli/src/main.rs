@@ -319,14 +319,24 @@ async fn follow(c: &Client, room: &str, history: bool) -> Res<()> {
         Err(e) => eprintln!("warning [{}]: {e}", e.kind()),
     }
     // Fail early with a clear message for unknown rooms.
-    c.room(room).await?;
+    let mut printed = c.room(room).await?.last_seq;
     let mut sub = c.connect().await?;
+    // Another process using this device directory (e.g. `send` in a second
+    // terminal) may have processed messages meanwhile: show those from the
+    // local history, and never print a seq twice.
+    printed = print_history_after(c, room, printed).await?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             next = sub.next() => match next {
                 None => return Ok(()),
                 Some(Ok(e)) => {
+                    if let Event::Message { seq, .. } = &e {
+                        if *seq <= printed {
+                            continue;
+                        }
+                        printed = *seq;
+                    }
                     print_room_events(c, room, std::slice::from_ref(&e));
                     if matches!(&e, Event::Removed { room_id, .. } | Event::Left { room_id, .. } if room_id == room) {
                         return Ok(());
@@ -343,6 +353,21 @@ async fn follow(c: &Client, room: &str, history: bool) -> Res<()> {
             }
         }
     }
+}
+
+/// Print local history messages after `after`; returns the last seq printed.
+async fn print_history_after(c: &Client, room: &str, after: u64) -> Res<u64> {
+    let mut last = after;
+    for m in c.history(room).await?.into_iter().filter(|m| m.seq > after) {
+        println!(
+            "[{}] {}: {}",
+            m.seq,
+            m.sender.username,
+            m.content.display_text()
+        );
+        last = m.seq;
+    }
+    Ok(last)
 }
 
 fn print_room_events(c: &Client, room: &str, events: &[Event]) {
@@ -397,13 +422,5 @@ fn render(own_device: i64, e: &Event) -> String {
 
 /// Print a room's local history, one line per message.
 async fn print_history(c: &Client, room: &str) -> Res<()> {
-    for m in c.history(room).await? {
-        println!(
-            "[{}] {}: {}",
-            m.seq,
-            m.sender.username,
-            m.content.display_text()
-        );
-    }
-    Ok(())
+    print_history_after(c, room, 0).await.map(|_| ())
 }

@@ -478,7 +478,11 @@ impl Client {
         f: impl FnOnce(&Provider<'_>, &Connection) -> Result<T>,
     ) -> Result<T> {
         let conn = lock(&self.inner.db)?;
-        let tx = conn.unchecked_transaction()?;
+        // IMMEDIATE: take the write lock up front, so another process using
+        // the same device directory waits (busy timeout) instead of failing
+        // on a read-to-write lock upgrade.
+        let tx =
+            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
         let out = {
             let p = Provider::new(&self.inner.crypto, &tx);
             f(&p, &tx)?
@@ -1506,8 +1510,24 @@ impl Client {
 
     /// Apply an envelope in one transaction. MLS failures skip the envelope
     /// (cursor still advances) with an [`Event::Undecryptable`].
+    /// The message at `seq` from the local history, as an event (for
+    /// messages another process on this device directory processed).
+    pub(crate) fn stored_message_raw(&self, room_id: &str, seq: u64) -> Result<Option<Raw>> {
+        self.with_provider(|_, c| stored_message_raw(c, room_id, seq))
+    }
+
     pub(crate) fn apply_envelope(&self, env: &Envelope, advance: bool) -> Result<Vec<Raw>> {
         let res = self.with_tx(|p, c| {
+            if advance {
+                // Another process on this device directory may have processed
+                // it already: show it from the local history, never twice.
+                let room = store::room(c, &env.room_id)?;
+                if room.is_some_and(|r| r.last_seq >= env.seq) {
+                    return Ok(stored_message_raw(c, &env.room_id, env.seq)?
+                        .into_iter()
+                        .collect());
+                }
+            }
             let raws = self.apply_in_tx(p, c, env)?;
             if advance {
                 store::set_cursor(c, &env.room_id, env.seq)?;
@@ -1676,6 +1696,18 @@ impl Client {
             .map(|r| (r.room_id, r.last_seq))
             .collect())
     }
+}
+
+fn stored_message_raw(c: &Connection, room_id: &str, seq: u64) -> Result<Option<Raw>> {
+    Ok(
+        store::message_at(c, room_id, seq)?.map(|(sender, content, ts_ms)| Raw::Message {
+            room_id: room_id.to_string(),
+            seq,
+            sender,
+            content: Content::from_bytes(content.as_bytes()).unwrap_or(Content::Unknown),
+            ts_ms,
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
+use tonari_wire::DeviceIdentity;
 
 /// File name of the device database inside the device directory.
 pub const DB_FILE: &str = "tonari.sqlite3";
@@ -288,6 +289,30 @@ pub fn insert_message(
         params![room_id, seq as i64, user_id, device_id, content_json, ts_ms],
     )?;
     Ok(())
+}
+
+/// The stored message at a seq: (sender, content json, ts_ms).
+pub fn message_at(
+    conn: &Connection,
+    room_id: &str,
+    seq: u64,
+) -> Result<Option<(DeviceIdentity, String, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT sender_user_id, sender_device_id, content, ts_ms FROM tonari_messages
+         WHERE room_id = ?1 AND seq = ?2",
+    )?;
+    let mut rows = stmt.query(params![room_id, seq as i64])?;
+    match rows.next()? {
+        Some(r) => Ok(Some((
+            DeviceIdentity {
+                user_id: r.get(0)?,
+                device_id: r.get(1)?,
+            },
+            r.get(2)?,
+            r.get(3)?,
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// (seq, user_id, device_id, username (if cached), content json, ts_ms)

@@ -36,6 +36,9 @@ pub struct Subscription {
     resync_needed: bool,
     /// An error to report from the next `next` call.
     pending_error: Option<SdkError>,
+    /// Highest message seq yielded per room: no message is yielded twice,
+    /// whichever path (this process or another on the same device) saw it.
+    yielded: std::collections::HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -62,6 +65,7 @@ impl Client {
             nonce: 0,
             resync_needed: false,
             pending_error: None,
+            yielded: std::collections::HashMap::new(),
         };
         sub.open().await?;
         Ok(sub)
@@ -174,6 +178,18 @@ impl Subscription {
         Err(last)
     }
 
+    /// Whether to yield `ev`: a message is yielded at most once per seq.
+    fn admit(&mut self, ev: &Event) -> bool {
+        if let Event::Message { room_id, seq, .. } = ev {
+            let last = self.yielded.entry(room_id.clone()).or_insert(0);
+            if *seq <= *last {
+                return false;
+            }
+            *last = *seq;
+        }
+        true
+    }
+
     /// The next event, in order. `None` only if the client went away.
     ///
     /// Cancel-safe while waiting (e.g. under `tokio::time::timeout`); if it
@@ -185,7 +201,10 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<Event>> {
         loop {
             if let Ok(ev) = self.rx.try_recv() {
-                return Some(Ok(ev));
+                if self.admit(&ev) {
+                    return Some(Ok(ev));
+                }
+                continue;
             }
             if let Some(e) = self.pending_error.take() {
                 return Some(Err(e));
@@ -216,7 +235,12 @@ impl Subscription {
                 }
             };
             match step {
-                Step::Event(ev) => return ev.map(Ok),
+                Step::Event(None) => return None,
+                Step::Event(Some(ev)) => {
+                    if self.admit(&ev) {
+                        return Some(Ok(ev));
+                    }
+                }
                 Step::Ping => {
                     self.nonce += 1;
                     let nonce = self.nonce;
@@ -284,6 +308,16 @@ impl Subscription {
                     return Ok(());
                 }
                 if envelope.seq <= room.last_seq {
+                    // Already processed, maybe by another process using this
+                    // device directory: show it from the local history.
+                    let seen = self.yielded.get(&envelope.room_id).copied().unwrap_or(0);
+                    if envelope.kind == MessageKind::Application
+                        && envelope.seq > seen
+                        && let Some(raw) =
+                            client.stored_message_raw(&envelope.room_id, envelope.seq)?
+                    {
+                        client.finish(vec![raw]).await;
+                    }
                     return Ok(());
                 }
                 if envelope.seq > room.last_seq + 1 {
