@@ -434,6 +434,17 @@ pub enum ClientFrame {
     Resume { rooms: BTreeMap<String, u64> },
     /// Keep-alive; answered with [`ServerFrame::Pong`].
     Ping { nonce: u64 },
+    /// Submit an MLS message (same rules as POST `ROOM_MESSAGES`). Sends on
+    /// one connection are validated in order; each is answered, once durable,
+    /// with [`ServerFrame::Ack`] or [`ServerFrame::SendError`] carrying the
+    /// same `txn_id`. Several may be in flight at once.
+    Send {
+        room_id: String,
+        txn_id: String,
+        message: B64,
+        #[serde(default)]
+        welcome: Option<B64>,
+    },
 }
 
 /// Frames the server pushes on the WebSocket (JSON text frames).
@@ -454,6 +465,18 @@ pub enum ServerFrame {
         nonce: u64,
     },
     Error {
+        code: String,
+        message: String,
+    },
+    /// A [`ClientFrame::Send`] is durable.
+    Ack {
+        txn_id: String,
+        ack: Ack,
+    },
+    /// A [`ClientFrame::Send`] was refused; nothing was stored.
+    SendError {
+        room_id: String,
+        txn_id: String,
         code: String,
         message: String,
     },
