@@ -7,6 +7,8 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tonari_wire::{
     B64, ClaimedKeyPackage, ClaimedKeyPackages, DeviceInfo, ErrorCode, KeyPackageCount,
     LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, UserDevices,
@@ -96,7 +98,16 @@ pub struct Accounts {
     /// A real argon2id hash to verify against when the user does not exist,
     /// so a failed login takes as long whether or not the name is known.
     dummy_hash: String,
+    /// Recently verified sessions (token hash → device, cached-until ms), so
+    /// a busy device does not cost a database read per request.
+    sessions: Mutex<HashMap<Vec<u8>, (AuthDevice, i64)>>,
 }
+
+/// Most cached sessions (the cache is cleared when full).
+const SESSION_CACHE_MAX: usize = 100_000;
+/// A cached session is re-checked against the store after this long, so a
+/// session that expires or is revoked elsewhere stops working within it.
+const SESSION_CACHE_MS: i64 = 60_000;
 
 impl Accounts {
     pub async fn new(store: Store, config: &crate::Config) -> Result<Self> {
@@ -107,6 +118,7 @@ impl Accounts {
             low_water: config.key_package_low_water,
             max_per_device: config.key_package_max_per_device,
             dummy_hash: hash_password("tonari-dummy-password".to_string()).await?,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -202,15 +214,36 @@ impl Accounts {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<AuthDevice> {
-        match self.store.session(&hash_token(token), now_ms()).await? {
-            Some((user_id, device_id)) => Ok(AuthDevice { user_id, device_id }),
+        let hash = hash_token(token);
+        let now = now_ms();
+        if let Some((auth, until)) = self.session_cache().get(&hash).copied()
+            && until > now
+        {
+            return Ok(auth);
+        }
+        match self.store.session(&hash, now).await? {
+            Some((user_id, device_id)) => {
+                let auth = AuthDevice { user_id, device_id };
+                let mut cache = self.session_cache();
+                if cache.len() >= SESSION_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hash, (auth, now.saturating_add(SESSION_CACHE_MS)));
+                Ok(auth)
+            }
             None => Err(Error::unauthenticated()),
         }
     }
 
     pub async fn logout(&self, token: &str) -> Result<()> {
-        self.store.delete_session(&hash_token(token)).await?;
+        let hash = hash_token(token);
+        self.session_cache().remove(&hash);
+        self.store.delete_session(&hash).await?;
         Ok(())
+    }
+
+    fn session_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (AuthDevice, i64)>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn user_devices(&self, username: &str) -> Result<UserDevices> {

@@ -52,6 +52,8 @@ pub struct App {
     listener: TcpListener,
     state: Arc<AppState>,
     local_addr: SocketAddr,
+    writer_stop: CancellationToken,
+    writer_task: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -65,7 +67,14 @@ impl App {
         let accounts = Accounts::new(store.clone(), &config)
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
-        let delivery = DeliveryService::new(store.clone(), hub.clone());
+        let writer_stop = CancellationToken::new();
+        let (writer, writer_task) = crate::store::writer::spawn(
+            store.clone(),
+            config.write_queue,
+            config.write_batch_max,
+            writer_stop.clone(),
+        );
+        let delivery = DeliveryService::new(store.clone(), hub.clone(), writer);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -86,6 +95,8 @@ impl App {
             listener,
             state,
             local_addr,
+            writer_stop,
+            writer_task,
         })
     }
 
@@ -111,6 +122,11 @@ impl App {
         state.shutdown.cancel();
         state.tasks.close();
         state.tasks.wait().await;
+        // Every request is answered: let the writer finish its queue.
+        self.writer_stop.cancel();
+        if let Err(e) = self.writer_task.await {
+            tracing::error!(error = %e, "writer task failed");
+        }
         state.store.close().await;
         tracing::info!("tonari stopped");
         result.map_err(AppError::Serve)

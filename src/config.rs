@@ -23,6 +23,10 @@ pub struct Config {
     pub ws_outbound_queue: usize,
     /// Messages buffered per room for live fan-out before a lagging reader re-reads from disk.
     pub room_broadcast_capacity: usize,
+    /// Accepted messages waiting for the group-commit writer before senders wait.
+    pub write_queue: usize,
+    /// Most messages written in one transaction (one fsync) by the group commit.
+    pub write_batch_max: usize,
     /// A device is told to upload key packages when it has fewer than this.
     pub key_package_low_water: u32,
     /// Most key packages a device may hold on the server.
@@ -43,6 +47,8 @@ impl Default for Config {
             ws_max_frame_bytes: 16 * 1024 * 1024,
             ws_outbound_queue: 1024,
             room_broadcast_capacity: 1024,
+            write_queue: 4096,
+            write_batch_max: 512,
             key_package_low_water: 5,
             key_package_max_per_device: 200,
             session_ttl_secs: 30 * 24 * 3600,
@@ -117,6 +123,8 @@ impl Config {
             "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
             "ws_outbound_queue" => self.ws_outbound_queue = num(value)?,
             "room_broadcast_capacity" => self.room_broadcast_capacity = num(value)?,
+            "write_queue" => self.write_queue = num(value)?,
+            "write_batch_max" => self.write_batch_max = num(value)?,
             "key_package_low_water" => self.key_package_low_water = num(value)?,
             "key_package_max_per_device" => self.key_package_max_per_device = num(value)?,
             "session_ttl_secs" => self.session_ttl_secs = num(value)?,
@@ -149,6 +157,10 @@ ws_outbound_queue = {queue}
 # Messages buffered per room for live fan-out; a reader that falls further
 # behind re-reads from disk.
 room_broadcast_capacity = {bcast}
+# Accepted messages waiting for the group-commit writer before senders wait.
+write_queue = {wq}
+# Most messages written in one transaction (one fsync) by the group commit.
+write_batch_max = {wb}
 # A device is told to upload key packages when it has fewer than this.
 key_package_low_water = {low}
 # Most key packages a device may hold on the server.
@@ -165,6 +177,8 @@ log_filter = "{log}"
             ws_frame = d.ws_max_frame_bytes,
             queue = d.ws_outbound_queue,
             bcast = d.room_broadcast_capacity,
+            wq = d.write_queue,
+            wb = d.write_batch_max,
             low = d.key_package_low_water,
             kpmax = d.key_package_max_per_device,
             ttl = d.session_ttl_secs,

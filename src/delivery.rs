@@ -10,12 +10,17 @@ use crate::accounts::{AuthDevice, now_ms};
 use crate::error::{Error, Result};
 use crate::fanout::{Delivery, Hub};
 use crate::mls::{self, CIPHERSUITE};
+use crate::store::writer::{Completion, Job, Writer};
 use crate::store::{Append, RoomStateKv, Store, StoredMessage};
 use axum::extract::ws::Utf8Bytes;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tonari_wire::{
     Ack, B64, CreateRoomRequest, DeviceIdentity, Envelope, ErrorCode, MessageKind, MessagePage,
     RoomInfo, ServerFrame, SubmitRequest, WelcomeEnvelope,
@@ -35,14 +40,94 @@ struct Room {
     members: HashSet<i64>,
     pg: PublicGroup,
     kv: RoomStateKv,
+    /// Set when a queued write of this room failed: memory is ahead of disk.
+    poisoned: Arc<AtomicBool>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<Room>>>;
 
+type InFlightKey = (String, i64, String);
+
+/// A message queued for durability, for retries that arrive meanwhile.
+#[derive(Clone)]
+struct InFlight {
+    digest: [u8; 32],
+    result: watch::Receiver<Option<Result<Ack, String>>>,
+}
+
 pub struct DeliveryService {
     store: Store,
     hub: Arc<Hub>,
+    writer: Writer,
     rooms: Mutex<HashMap<String, RoomSlot>>,
+    inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn txn_reused() -> Error {
+    Error::new(
+        ErrorCode::TxnIdReused,
+        "this txn_id was already used for a different message",
+    )
+}
+
+enum PendingState {
+    Done(Ack),
+    Waiting(watch::Receiver<Option<Result<Ack, String>>>),
+}
+
+/// A validated message on its way to disk.
+pub struct Pending {
+    state: PendingState,
+    duplicate: bool,
+    /// Time spent validating (under the room lock).
+    pub validated: Duration,
+}
+
+impl Pending {
+    fn done(ack: Ack, started: Instant) -> Self {
+        Pending {
+            state: PendingState::Done(ack),
+            duplicate: true,
+            validated: started.elapsed(),
+        }
+    }
+
+    fn waiting(
+        rx: watch::Receiver<Option<Result<Ack, String>>>,
+        duplicate: bool,
+        started: Instant,
+    ) -> Self {
+        Pending {
+            state: PendingState::Waiting(rx),
+            duplicate,
+            validated: started.elapsed(),
+        }
+    }
+
+    /// Wait until the message is durable; the ack.
+    pub async fn durable(self) -> Result<Ack> {
+        let mut ack = match self.state {
+            PendingState::Done(ack) => ack,
+            PendingState::Waiting(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| Error::internal("the writer dropped a message"))?
+                    .clone();
+                match outcome {
+                    Some(Ok(ack)) => ack,
+                    Some(Err(e)) => return Err(Error::internal(e)),
+                    None => return Err(Error::internal("no outcome")),
+                }
+            }
+        };
+        ack.duplicate = self.duplicate;
+        Ok(ack)
+    }
 }
 
 /// What a validated message changes, before it is made durable.
@@ -101,11 +186,13 @@ fn epoch_conflict(current: u64, got: u64) -> Error {
 }
 
 impl DeliveryService {
-    pub fn new(store: Store, hub: Arc<Hub>) -> Self {
+    pub fn new(store: Store, hub: Arc<Hub>, writer: Writer) -> Self {
         DeliveryService {
             store,
             hub,
+            writer,
             rooms: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -138,6 +225,7 @@ impl DeliveryService {
             members: row.members.into_iter().collect(),
             pg,
             kv,
+            poisoned: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -256,30 +344,55 @@ impl DeliveryService {
 
     /// Accept one MLS message for a room. Returns the ack once durable.
     pub async fn submit(&self, auth: AuthDevice, room_id: &str, req: SubmitRequest) -> Result<Ack> {
+        self.enqueue(auth, room_id, req).await?.durable().await
+    }
+
+    /// Validate a message and queue it for the group-commit writer. Messages
+    /// of one room are validated and queued in order under the room lock;
+    /// the returned [`Pending`] resolves once the message is durable.
+    pub async fn enqueue(
+        &self,
+        auth: AuthDevice,
+        room_id: &str,
+        req: SubmitRequest,
+    ) -> Result<Pending> {
         if req.txn_id.is_empty() || req.txn_id.len() > MAX_TXN_ID {
             return Err(Error::new(
                 ErrorCode::InvalidRequest,
                 "txn_id must be 1-128 bytes",
             ));
         }
+        let started = Instant::now();
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|r| r.poisoned.load(Ordering::Acquire))
+        {
+            *guard = None;
+        }
         self.ensure_loaded(room_id, &mut guard).await?;
 
-        // Idempotency first: a retry of an accepted message gets its first ack,
-        // even though the room has moved on since.
+        // Idempotency first: a retry of an accepted message gets its first
+        // ack, even though the room has moved on since.
+        let key = (room_id.to_string(), auth.device_id, req.txn_id.clone());
+        let digest: [u8; 32] = Sha256::digest(&req.message.0).into();
+        let in_flight = lock(&self.inflight).get(&key).cloned();
+        if let Some(entry) = in_flight {
+            if entry.digest != digest {
+                return Err(txn_reused());
+            }
+            return Ok(Pending::waiting(entry.result, true, started));
+        }
         if let Some(prev) = self
             .store
             .find_txn(room_id, auth.device_id, &req.txn_id)
             .await?
         {
             if prev.data != req.message.0 {
-                return Err(Error::new(
-                    ErrorCode::TxnIdReused,
-                    "this txn_id was already used for a different message",
-                ));
+                return Err(txn_reused());
             }
-            return Ok(ack_of(&prev, true));
+            return Ok(Pending::done(ack_of(&prev, true), started));
         }
 
         let room = guard.as_mut().ok_or_else(room_not_found)?;
@@ -289,8 +402,8 @@ impl DeliveryService {
         let accepted = match self.validate(auth, room, &req).await {
             Ok(a) => a,
             Err(e) => {
-                // Validation never mutates the group except through the KV,
-                // whose pending changes are dropped with the cached room.
+                // Validation changes the group only through the KV; if it
+                // did, drop the cached room so it reloads from disk.
                 if room
                     .kv
                     .take_changes()
@@ -319,6 +432,10 @@ impl DeliveryService {
             ts_ms: now_ms(),
             data: req.message.0,
         };
+        let ack = ack_of(&message, false);
+        let frame = frame_text(&ServerFrame::Message {
+            envelope: envelope_of(&message),
+        })?;
         let append = Append {
             message,
             epoch_after: accepted.epoch_after,
@@ -327,14 +444,8 @@ impl DeliveryService {
             removed_devices: accepted.removed.clone(),
             welcome: accepted.welcome.map(|w| (w, accepted.added.clone())),
         };
-        if let Err(e) = self.store.append(&append).await {
-            // Memory may be ahead of disk now: reload on next use.
-            *guard = None;
-            return Err(e.into());
-        }
-        let room = guard
-            .as_mut()
-            .ok_or_else(|| Error::internal("room vanished"))?;
+        // Memory moves ahead of disk now; if the write fails, `poisoned`
+        // makes the next user reload the room from the store.
         room.last_seq = append.message.seq;
         room.epoch = append.epoch_after;
         for d in &append.removed_devices {
@@ -342,52 +453,96 @@ impl DeliveryService {
         }
         room.members.extend(append.added_devices.iter().copied());
 
-        let envelope = envelope_of(&append.message);
-        let frame = frame_text(&ServerFrame::Message { envelope })?;
-        self.hub.publish(
-            room_id,
-            Delivery {
-                seq: append.message.seq,
-                frame,
-                removed: append.removed_devices.clone(),
+        let (result_tx, result_rx) = watch::channel(None);
+        lock(&self.inflight).insert(
+            key.clone(),
+            InFlight {
+                digest,
+                result: result_rx.clone(),
             },
         );
-        if let Some((_, devices)) = &append.welcome {
-            self.notify_welcomes(room_id, append.message.seq, devices)
-                .await;
+        let done = self.completion(&append, ack, frame, room.poisoned.clone(), key, result_tx);
+        let validated = started.elapsed();
+        if let Err(stopped) = self.writer.submit(Job { append, done }).await {
+            room.poisoned.store(true, Ordering::Release);
+            (stopped.0.done)(Err(Arc::new(crate::store::StoreError::Corrupt(
+                "the writer has stopped",
+            ))));
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down; retry with the same txn_id",
+            ));
         }
-        tracing::debug!(
-            room_id,
-            seq = append.message.seq,
-            kind = ?append.message.kind,
-            device_id = auth.device_id,
-            "message accepted"
-        );
-        Ok(ack_of(&append.message, false))
+        drop(guard);
+        Ok(Pending {
+            state: PendingState::Waiting(result_rx),
+            duplicate: false,
+            validated,
+        })
     }
 
-    async fn notify_welcomes(&self, room_id: &str, commit_seq: u64, devices: &[i64]) {
-        for &device_id in devices {
-            let auth = AuthDevice {
-                user_id: 0,
-                device_id,
-            };
-            let welcomes = match self.welcomes(auth).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(device_id, error = %e, "welcome notify lookup failed");
-                    continue;
+    /// What happens once the writer made a message durable (or failed):
+    /// fan-out, welcome notices, the ack, in seq order.
+    fn completion(
+        &self,
+        append: &Append,
+        ack: Ack,
+        frame: Utf8Bytes,
+        poisoned: Arc<AtomicBool>,
+        key: InFlightKey,
+        result: watch::Sender<Option<Result<Ack, String>>>,
+    ) -> Completion {
+        let hub = self.hub.clone();
+        let inflight = self.inflight.clone();
+        let removed = append.removed_devices.clone();
+        let welcome = append
+            .welcome
+            .as_ref()
+            .map(|(data, devices)| (data.clone(), devices.clone()));
+        let device_id = append.message.sender_device;
+        Box::new(move |outcome| {
+            match outcome {
+                Ok(durable) => {
+                    hub.publish(
+                        &ack.room_id,
+                        Delivery {
+                            seq: ack.seq,
+                            frame,
+                            removed,
+                        },
+                    );
+                    if let (Some((data, devices)), Some(welcome_id)) = (welcome, durable.welcome_id)
+                    {
+                        let frame = frame_text(&ServerFrame::Welcome {
+                            welcome: WelcomeEnvelope {
+                                welcome_id,
+                                room_id: ack.room_id.clone(),
+                                commit_seq: ack.seq,
+                                welcome: B64(data),
+                            },
+                        });
+                        if let Ok(frame) = frame {
+                            for d in devices {
+                                hub.notify_device(d, frame.clone());
+                            }
+                        }
+                    }
+                    tracing::debug!(
+                        room_id = %ack.room_id,
+                        seq = ack.seq,
+                        kind = ?ack.kind,
+                        device_id,
+                        "message accepted"
+                    );
+                    let _ = result.send(Some(Ok(ack)));
                 }
-            };
-            for welcome in welcomes
-                .into_iter()
-                .filter(|w| w.room_id == room_id && w.commit_seq == commit_seq)
-            {
-                if let Ok(text) = frame_text(&ServerFrame::Welcome { welcome }) {
-                    self.hub.notify_device(device_id, text);
+                Err(e) => {
+                    poisoned.store(true, Ordering::Release);
+                    let _ = result.send(Some(Err(e.to_string())));
                 }
             }
-        }
+            lock(&inflight).remove(&key);
+        })
     }
 
     /// Validate a message against the room. Only the KV (pending changes)

@@ -226,11 +226,21 @@ async fn submit(
     Auth(auth, _): Auth,
     Path(room_id): Path<String>,
     ApiJson(req): ApiJson<SubmitRequest>,
-) -> ApiResult<Json<tonari_wire::Ack>> {
+) -> ApiResult<Response> {
     if req.message.0.len() > s.config.ws_max_message_bytes {
         return Err(Error::new(ErrorCode::PayloadTooLarge, "the MLS message is too large").into());
     }
-    Ok(Json(s.delivery.submit(auth, &room_id, req).await?))
+    let started = std::time::Instant::now();
+    let pending = s.delivery.enqueue(auth, &room_id, req).await?;
+    let validated = pending.validated;
+    let ack = pending.durable().await?;
+    // Server-Timing (W3C): where the time went, in milliseconds.
+    let timing = format!(
+        "validate;dur={:.3}, total;dur={:.3}",
+        validated.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(([("server-timing", timing)], Json(ack)).into_response())
 }
 
 #[derive(Deserialize)]

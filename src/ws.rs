@@ -21,13 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
-use tonari_wire::{ClientFrame, ErrorCode, ServerFrame, close_codes};
+use tonari_wire::{ClientFrame, ErrorCode, ServerFrame, SubmitRequest, close_codes};
 
 /// A write that takes longer than this ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read/write buffer sizes: small, so idle connections stay cheap.
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
+/// Sends of one connection waiting for durability before reading pauses.
+const MAX_SENDS_IN_FLIGHT: usize = 256;
 
 pub async fn upgrade(
     State(s): State<Arc<AppState>>,
@@ -60,12 +62,14 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(s.config.ws_outbound_queue.max(1));
     let mut forwarders: JoinSet<Result<ForwardEnd, Error>> = JoinSet::new();
     let mut by_room: HashMap<String, AbortHandle> = HashMap::new();
+    // Sends waiting for durability; each yields its Ack/SendError frame.
+    let mut acks: JoinSet<Option<Utf8Bytes>> = JoinSet::new();
     let (mut sink, mut stream) = socket.split();
 
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             _ = s.shutdown.cancelled() => break Some((close_codes::GOING_AWAY, "server shutting down")),
-            incoming = stream.next() => match incoming {
+            incoming = stream.next(), if acks.len() < MAX_SENDS_IN_FLIGHT => match incoming {
                 None | Some(Ok(Message::Close(_))) => break None,
                 Some(Err(e)) => {
                     let too_big = e.to_string().to_ascii_lowercase().contains("too long")
@@ -109,6 +113,35 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                             break Some((close_codes::SLOW_CONSUMER, "too slow"));
                         }
                     }
+                    Ok(ClientFrame::Send { room_id, txn_id, message, welcome }) => {
+                        let refused = if message.0.len() > s.config.ws_max_message_bytes {
+                            Err(Error::new(ErrorCode::PayloadTooLarge, "the MLS message is too large"))
+                        } else {
+                            let req = SubmitRequest { txn_id: txn_id.clone(), message, welcome };
+                            s.delivery.enqueue(auth, &room_id, req).await
+                        };
+                        match refused {
+                            Ok(pending) => {
+                                acks.spawn(async move {
+                                    let frame = match pending.durable().await {
+                                        Ok(ack) => ServerFrame::Ack { txn_id, ack },
+                                        Err(e) => {
+                                            e.log("websocket send");
+                                            send_error(room_id, txn_id, &e)
+                                        }
+                                    };
+                                    frame_text(&frame).ok()
+                                });
+                            }
+                            Err(e) => {
+                                e.log("websocket send");
+                                let frame = frame_text(&send_error(room_id, txn_id, &e));
+                                if frame.is_ok_and(|f| out_tx.try_send(f).is_err()) {
+                                    break Some((close_codes::SLOW_CONSUMER, "too slow"));
+                                }
+                            }
+                        }
+                    }
                     Err(_) => break Some((close_codes::INVALID_FRAME, "invalid frame")),
                 },
                 Some(Ok(Message::Binary(_))) => break Some((close_codes::INVALID_FRAME, "binary frames are not used")),
@@ -129,6 +162,13 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                     _ => break None,
                 }
             }
+            Some(done) = acks.join_next() => {
+                if let Ok(Some(frame)) = done
+                    && out_tx.try_send(frame).is_err()
+                {
+                    break Some((close_codes::SLOW_CONSUMER, "too slow"));
+                }
+            }
             Some(done) = forwarders.join_next() => match done {
                 Ok(Ok(ForwardEnd::Done)) | Err(_) => {}
                 Ok(Ok(ForwardEnd::Slow)) => break Some((close_codes::SLOW_CONSUMER, "too slow: resume from your last seq")),
@@ -140,6 +180,9 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
         }
     };
     forwarders.abort_all();
+    // Sends already queued stay queued (they will be durable); only the
+    // acks are not delivered: the client retries with the same txn_id.
+    acks.abort_all();
     s.hub.unregister_device(device_id, conn_id);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -153,6 +196,15 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
         .await;
     }
     tracing::debug!(device_id, close = ?close.map(|c| c.0), "websocket closed");
+}
+
+fn send_error(room_id: String, txn_id: String, e: &Error) -> ServerFrame {
+    ServerFrame::SendError {
+        room_id,
+        txn_id,
+        code: e.code.as_str().to_string(),
+        message: e.message.clone(),
+    }
 }
 
 fn error_frame(code: ErrorCode, message: &str) -> Utf8Bytes {

@@ -5,6 +5,7 @@
 //! rests on. Every function here is one transaction or one statement.
 
 pub mod mls_state;
+pub mod writer;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -492,16 +493,20 @@ impl Store {
         rows.iter().map(Self::message_from_row).collect()
     }
 
-    /// Persist one accepted message and everything it changes, atomically.
-    /// When this returns `Ok`, the transaction is durable.
-    pub async fn append(&self, a: &Append) -> StoreResult<()> {
+    /// Persist accepted messages and everything they change in ONE
+    /// transaction (group commit). When this returns `Ok`, all are durable.
+    /// Returns the welcome id of each append (if it carried a welcome).
+    pub async fn append_batch(&self, batch: &[&Append]) -> StoreResult<Vec<Option<i64>>> {
         let mut tx = self.pool.begin().await?;
-        Self::append_in(&mut tx, a).await?;
+        let mut welcome_ids = Vec::with_capacity(batch.len());
+        for a in batch {
+            welcome_ids.push(Self::append_in(&mut tx, a).await?);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(welcome_ids)
     }
 
-    async fn append_in(tx: &mut Transaction<'_, Sqlite>, a: &Append) -> StoreResult<()> {
+    async fn append_in(tx: &mut Transaction<'_, Sqlite>, a: &Append) -> StoreResult<Option<i64>> {
         let m = &a.message;
         let seq = to_i64(m.seq);
         let res =
@@ -572,8 +577,9 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
+        let mut welcome_id = None;
         if let Some((data, devices)) = &a.welcome {
-            let welcome_id =
+            let id =
                 sqlx::query("INSERT INTO welcomes (room_id, commit_seq, data) VALUES (?, ?, ?)")
                     .bind(&m.room_id)
                     .bind(seq)
@@ -581,15 +587,16 @@ impl Store {
                     .execute(&mut **tx)
                     .await?
                     .last_insert_rowid();
+            welcome_id = Some(id);
             for device in devices {
                 sqlx::query("INSERT INTO welcome_recipients (welcome_id, device_id) VALUES (?, ?)")
-                    .bind(welcome_id)
+                    .bind(id)
                     .bind(device)
                     .execute(&mut **tx)
                     .await?;
             }
         }
-        Ok(())
+        Ok(welcome_id)
     }
 
     pub async fn welcomes_for(&self, device_id: i64) -> StoreResult<Vec<WelcomeRow>> {

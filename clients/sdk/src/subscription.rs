@@ -347,7 +347,10 @@ impl Subscription {
                 }
                 Ok(())
             }
-            ServerFrame::Pong { .. } => Ok(()),
+            // The SDK sends over HTTP; WebSocket send answers are not expected.
+            ServerFrame::Pong { .. } | ServerFrame::Ack { .. } | ServerFrame::SendError { .. } => {
+                Ok(())
+            }
             ServerFrame::Error { code, message } => {
                 tracing::warn!(%code, "server reported an error on the websocket: {message}");
                 Ok(())
