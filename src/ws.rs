@@ -15,6 +15,7 @@ use crate::http::Auth;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read/write buffer sizes: small, so idle connections stay cheap.
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Utf8Bytes>> + Send>>;
+
 /// Sends of one connection waiting for durability before reading pauses.
 const MAX_SENDS_IN_FLIGHT: usize = 256;
 
@@ -62,8 +65,9 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(s.config.ws_outbound_queue.max(1));
     let mut forwarders: JoinSet<Result<ForwardEnd, Error>> = JoinSet::new();
     let mut by_room: HashMap<String, AbortHandle> = HashMap::new();
-    // Sends waiting for durability; each yields its Ack/SendError frame.
-    let mut acks: JoinSet<Option<Utf8Bytes>> = JoinSet::new();
+    // Sends waiting for durability; each yields its Ack/SendError frame, in
+    // the order the sends arrived (the writer makes them durable in order).
+    let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let (mut sink, mut stream) = socket.split();
 
     let close: Option<(u16, &'static str)> = loop {
@@ -122,7 +126,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                         };
                         match refused {
                             Ok(pending) => {
-                                acks.spawn(async move {
+                                acks.push_back(Box::pin(async move {
                                     let frame = match pending.durable().await {
                                         Ok(ack) => ServerFrame::Ack { txn_id, ack },
                                         Err(e) => {
@@ -131,7 +135,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                                         }
                                     };
                                     frame_text(&frame).ok()
-                                });
+                                }));
                             }
                             Err(e) => {
                                 e.log("websocket send");
@@ -162,8 +166,8 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                     _ => break None,
                 }
             }
-            Some(done) = acks.join_next() => {
-                if let Ok(Some(frame)) = done
+            Some(done) = acks.next(), if !acks.is_empty() => {
+                if let Some(frame) = done
                     && out_tx.try_send(frame).is_err()
                 {
                     break Some((close_codes::SLOW_CONSUMER, "too slow"));
@@ -182,7 +186,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     forwarders.abort_all();
     // Sends already queued stay queued (they will be durable); only the
     // acks are not delivered: the client retries with the same txn_id.
-    acks.abort_all();
+    drop(acks);
     s.hub.unregister_device(device_id, conn_id);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {

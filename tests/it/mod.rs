@@ -6,3 +6,4 @@ pub mod crash;
 pub mod directory;
 pub mod restart;
 pub mod rooms;
+pub mod websocket;

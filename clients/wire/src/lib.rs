@@ -437,7 +437,7 @@ pub enum ClientFrame {
     /// Submit an MLS message (same rules as POST `ROOM_MESSAGES`). Sends on
     /// one connection are validated in order; each is answered, once durable,
     /// with [`ServerFrame::Ack`] or [`ServerFrame::SendError`] carrying the
-    /// same `txn_id`. Several may be in flight at once.
+    /// same `txn_id`, in the order the sends arrived. Several may be in flight.
     Send {
         room_id: String,
         txn_id: String,
