@@ -31,6 +31,8 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Utf8Bytes>> + Send>>;
 
+/// Frames written before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 /// Sends of one connection waiting for durability before reading pauses.
 const MAX_SENDS_IN_FLIGHT: usize = 256;
 
@@ -161,7 +163,19 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
             },
             frame = out_rx.recv() => {
                 let Some(frame) = frame else { break None };
-                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(frame))).await {
+                // Write everything already queued, then flush once: one
+                // syscall for a burst instead of one per frame.
+                let write = async {
+                    sink.feed(Message::Text(frame)).await?;
+                    for _ in 1..MAX_FRAMES_PER_FLUSH {
+                        match out_rx.try_recv() {
+                            Ok(f) => sink.feed(Message::Text(f)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                     Ok(Ok(())) => {}
                     _ => break None,
                 }
