@@ -134,11 +134,6 @@ pub async fn run(server: &Server, client_root: &Path, n: usize) -> Result<Outcom
     }
     let ack: Ack = serde_json::from_slice(&bytes).context("parsing the ack")?;
     let validate_ms = server_timing.as_deref().and_then(validate_dur);
-    // Tidy up the owner's pending commit (the server accepted it, so merge
-    // it by catching up).
-    if let Err(e) = owner.client.sync().await {
-        eprintln!("  owner sync after the add failed: {e}");
-    }
     Ok(Outcome {
         bulk_devices: n,
         login_secs,

@@ -31,7 +31,16 @@ impl Outcome {
     }
 }
 
-pub async fn run(server: &Server, client_root: &Path, n: usize) -> Result<Outcome> {
+/// What the measurement needs from the setup.
+pub struct Prepared {
+    token: String,
+    room: String,
+    /// The seq every connection waits for after its resume.
+    target: u64,
+}
+
+/// One user, one device, a room with one message in it.
+pub async fn prepare(server: &Server, client_root: &Path) -> Result<Prepared> {
     let m = setup::user_with_device(&server.url, client_root, "idle00", "idle00").await?;
     let room = m
         .client
@@ -43,13 +52,22 @@ pub async fn run(server: &Server, client_root: &Path, n: usize) -> Result<Outcom
         .send_text(&room, "one message to deliver on resume")
         .await
         .map_err(|e| anyhow!("sending: {e}"))?;
-    let target = ack.seq;
+    Ok(Prepared {
+        token: m.token,
+        room,
+        target: ack.seq,
+    })
+}
+
+/// Open `n` connections of the prepared device, each resuming the room.
+pub async fn run(server: &Server, p: &Prepared, n: usize) -> Result<Outcome> {
+    let (room, target) = (&p.room, p.target);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.usage()?;
-    let resume = ws::resume_text(&room, 0)?;
+    let resume = ws::resume_text(room, 0)?;
     let t0 = Instant::now();
     let results: Vec<Result<Ws>> = futures_util::stream::iter(0..n)
-        .map(|_| open_one(server.addr(), &m.token, &resume, target))
+        .map(|_| open_one(server.addr(), &p.token, &resume, target))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .collect()
         .await;

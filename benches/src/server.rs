@@ -2,7 +2,7 @@
 //! directory, and its resource use read from `/proc`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -18,7 +18,6 @@ pub struct Server {
     pid: u32,
     /// `http://127.0.0.1:PORT`
     pub url: String,
-    data_dir: PathBuf,
 }
 
 /// Resource use of the server process at one moment.
@@ -28,8 +27,6 @@ pub struct Usage {
     pub cpu_ticks: u64,
     /// VmRSS in KiB.
     pub rss_kib: u64,
-    /// Sum of the sizes of the files in the data directory.
-    pub disk_bytes: u64,
 }
 
 impl Server {
@@ -80,12 +77,7 @@ impl Server {
                 eprintln!("[server stdout] {line}");
             }
         });
-        Ok(Server {
-            child,
-            pid,
-            url,
-            data_dir: data_dir.to_path_buf(),
-        })
+        Ok(Server { child, pid, url })
     }
 
     pub fn pid(&self) -> u32 {
@@ -101,7 +93,6 @@ impl Server {
         Ok(Usage {
             cpu_ticks: cpu_ticks(self.pid)?,
             rss_kib: rss_kib(self.pid)?,
-            disk_bytes: dir_bytes(&self.data_dir)?,
         })
     }
 
