@@ -55,12 +55,46 @@ struct InFlight {
     result: watch::Receiver<Option<Result<Ack, String>>>,
 }
 
+/// Messages that recently became durable, kept so that the database lookup
+/// of a txn id can run outside the room lock: a message that became durable
+/// after that lookup started is found here instead.
+const RECENT_TXNS: usize = 65_536;
+
+/// Txn ids of messages in flight and recently made durable.
+#[derive(Default)]
+struct TxnIndex {
+    inflight: HashMap<InFlightKey, InFlight>,
+    recent: HashMap<InFlightKey, ([u8; 32], Ack)>,
+    /// (completion number, key), oldest first.
+    order: std::collections::VecDeque<(u64, InFlightKey)>,
+    /// Messages made durable so far.
+    completed: u64,
+    /// The newest completion number evicted from `recent`.
+    evicted_upto: u64,
+}
+
+impl TxnIndex {
+    fn complete(&mut self, key: InFlightKey, outcome: Option<Ack>) {
+        let Some(entry) = self.inflight.remove(&key) else { return };
+        let Some(ack) = outcome else { return };
+        self.completed += 1;
+        self.recent.insert(key.clone(), (entry.digest, ack));
+        self.order.push_back((self.completed, key));
+        while self.order.len() > RECENT_TXNS {
+            if let Some((n, old)) = self.order.pop_front() {
+                self.recent.remove(&old);
+                self.evicted_upto = n;
+            }
+        }
+    }
+}
+
 pub struct DeliveryService {
     store: Store,
     hub: Arc<Hub>,
     writer: Writer,
     rooms: Mutex<HashMap<String, RoomSlot>>,
-    inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
+    txns: Arc<Mutex<TxnIndex>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,7 +226,7 @@ impl DeliveryService {
             hub,
             writer,
             rooms: Mutex::new(HashMap::new()),
-            inflight: Arc::new(Mutex::new(HashMap::new())),
+            txns: Arc::new(Mutex::new(TxnIndex::default())),
         }
     }
 
@@ -363,6 +397,16 @@ impl DeliveryService {
             ));
         }
         let started = Instant::now();
+        let key = (room_id.to_string(), auth.device_id, req.txn_id.clone());
+        let digest: [u8; 32] = Sha256::digest(&req.message.0).into();
+        // Idempotency, part 1, outside the room lock (so lookups of many
+        // senders run in parallel): is the txn id already on disk?
+        let completed_before = lock(&self.txns).completed;
+        let on_disk = self
+            .store
+            .find_txn(room_id, auth.device_id, &req.txn_id)
+            .await?;
+
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
         if guard
@@ -373,22 +417,38 @@ impl DeliveryService {
         }
         self.ensure_loaded(room_id, &mut guard).await?;
 
-        // Idempotency first: a retry of an accepted message gets its first
-        // ack, even though the room has moved on since.
-        let key = (room_id.to_string(), auth.device_id, req.txn_id.clone());
-        let digest: [u8; 32] = Sha256::digest(&req.message.0).into();
-        let in_flight = lock(&self.inflight).get(&key).cloned();
+        // Idempotency, part 2, under the room lock: a retry of an accepted
+        // message gets its first ack, even though the room has moved on.
+        let (in_flight, recent, maybe_missed) = {
+            let txns = lock(&self.txns);
+            (
+                txns.inflight.get(&key).cloned(),
+                txns.recent.get(&key).cloned(),
+                txns.evicted_upto > completed_before,
+            )
+        };
         if let Some(entry) = in_flight {
             if entry.digest != digest {
                 return Err(txn_reused());
             }
             return Ok(Pending::waiting(entry.result, true, started));
         }
-        if let Some(prev) = self
-            .store
-            .find_txn(room_id, auth.device_id, &req.txn_id)
-            .await?
-        {
+        if let Some((prev_digest, ack)) = recent {
+            if prev_digest != digest {
+                return Err(txn_reused());
+            }
+            return Ok(Pending::done(ack, started));
+        }
+        // If `recent` dropped entries completed after the lookup began, the
+        // lookup may have missed one of them: look again (rare).
+        let on_disk = if maybe_missed {
+            self.store
+                .find_txn(room_id, auth.device_id, &req.txn_id)
+                .await?
+        } else {
+            on_disk
+        };
+        if let Some(prev) = on_disk {
             if prev.data != req.message.0 {
                 return Err(txn_reused());
             }
@@ -454,7 +514,7 @@ impl DeliveryService {
         room.members.extend(append.added_devices.iter().copied());
 
         let (result_tx, result_rx) = watch::channel(None);
-        lock(&self.inflight).insert(
+        lock(&self.txns).inflight.insert(
             key.clone(),
             InFlight {
                 digest,
@@ -493,7 +553,7 @@ impl DeliveryService {
         result: watch::Sender<Option<Result<Ack, String>>>,
     ) -> Completion {
         let hub = self.hub.clone();
-        let inflight = self.inflight.clone();
+        let txns = self.txns.clone();
         let removed = append.removed_devices.clone();
         let welcome = append
             .welcome
@@ -534,14 +594,15 @@ impl DeliveryService {
                         device_id,
                         "message accepted"
                     );
+                    lock(&txns).complete(key, Some(ack.clone()));
                     let _ = result.send(Some(Ok(ack)));
                 }
                 Err(e) => {
                     poisoned.store(true, Ordering::Release);
+                    lock(&txns).complete(key, None);
                     let _ = result.send(Some(Err(e.to_string())));
                 }
             }
-            lock(&inflight).remove(&key);
         })
     }
 

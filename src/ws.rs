@@ -1,7 +1,8 @@
 //! WebSocket transport: push of room messages, welcomes and device events.
 //!
 //! One connection = one task that owns everything it spawns: a forwarder per
-//! resumed room (a `JoinSet`, aborted when the connection ends). Forwarders
+//! resumed room (a `JoinSet`, aborted when the connection ends) and a send
+//! task that validates the connection's `Send` frames in order. Forwarders
 //! first catch up from the store, then follow the room's live broadcast;
 //! they push into the connection's bounded outbound queue. A live frame that
 //! does not fit the queue means the client is too slow: the connection is
@@ -9,7 +10,7 @@
 
 use crate::accounts::AuthDevice;
 use crate::app::AppState;
-use crate::delivery::frame_text;
+use crate::delivery::{Pending, frame_text};
 use crate::error::Error;
 use crate::http::Auth;
 use axum::extract::State;
@@ -70,12 +71,16 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     // Sends waiting for durability; each yields its Ack/SendError frame, in
     // the order the sends arrived (the writer makes them durable in order).
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+    let mut sends_in_flight = 0usize;
+    let (to_validate, validate_rx) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
+    let (validated_tx, mut validated) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
+    let validator = tokio::spawn(validate_sends(s.clone(), auth, validate_rx, validated_tx));
     let (mut sink, mut stream) = socket.split();
 
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             _ = s.shutdown.cancelled() => break Some((close_codes::GOING_AWAY, "server shutting down")),
-            incoming = stream.next(), if acks.len() < MAX_SENDS_IN_FLIGHT => match incoming {
+            incoming = stream.next(), if sends_in_flight < MAX_SENDS_IN_FLIGHT => match incoming {
                 None | Some(Ok(Message::Close(_))) => break None,
                 Some(Err(e)) => {
                     let too_big = e.to_string().to_ascii_lowercase().contains("too long")
@@ -120,32 +125,12 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                         }
                     }
                     Ok(ClientFrame::Send { room_id, txn_id, message, welcome }) => {
-                        let refused = if message.0.len() > s.config.ws_max_message_bytes {
-                            Err(Error::new(ErrorCode::PayloadTooLarge, "the MLS message is too large"))
-                        } else {
-                            let req = SubmitRequest { txn_id: txn_id.clone(), message, welcome };
-                            s.delivery.enqueue(auth, &room_id, req).await
-                        };
-                        match refused {
-                            Ok(pending) => {
-                                acks.push_back(Box::pin(async move {
-                                    let frame = match pending.durable().await {
-                                        Ok(ack) => ServerFrame::Ack { txn_id, ack },
-                                        Err(e) => {
-                                            e.log("websocket send");
-                                            send_error(room_id, txn_id, &e)
-                                        }
-                                    };
-                                    frame_text(&frame).ok()
-                                }));
-                            }
-                            Err(e) => {
-                                e.log("websocket send");
-                                let frame = frame_text(&send_error(room_id, txn_id, &e));
-                                if frame.is_ok_and(|f| out_tx.try_send(f).is_err()) {
-                                    break Some((close_codes::SLOW_CONSUMER, "too slow"));
-                                }
-                            }
+                        // Validated in order by the connection's send task,
+                        // so this loop never waits for a room lock.
+                        sends_in_flight += 1;
+                        let req = SubmitRequest { txn_id, message, welcome };
+                        if to_validate.try_send((room_id, req)).is_err() {
+                            break Some((1011, "internal error"));
                         }
                     }
                     Err(_) => break Some((close_codes::INVALID_FRAME, "invalid frame")),
@@ -180,7 +165,11 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                     _ => break None,
                 }
             }
+            Some((room_id, txn_id, outcome)) = validated.recv() => {
+                acks.push_back(ack_frame(room_id, txn_id, outcome));
+            }
             Some(done) = acks.next(), if !acks.is_empty() => {
+                sends_in_flight = sends_in_flight.saturating_sub(1);
                 if let Some(frame) = done
                     && out_tx.try_send(frame).is_err()
                 {
@@ -201,6 +190,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     // Sends already queued stay queued (they will be durable); only the
     // acks are not delivered: the client retries with the same txn_id.
     drop(acks);
+    validator.abort();
     s.hub.unregister_device(device_id, conn_id);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -214,6 +204,46 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
         .await;
     }
     tracing::debug!(device_id, close = ?close.map(|c| c.0), "websocket closed");
+}
+
+type Validated = (String, String, Result<Pending, Error>);
+
+/// The connection's send task: validates and queues its sends in order.
+async fn validate_sends(
+    s: Arc<AppState>,
+    auth: AuthDevice,
+    mut sends: mpsc::Receiver<(String, SubmitRequest)>,
+    out: mpsc::Sender<Validated>,
+) {
+    while let Some((room_id, req)) = sends.recv().await {
+        let txn_id = req.txn_id.clone();
+        let outcome = if req.message.0.len() > s.config.ws_max_message_bytes {
+            Err(Error::new(ErrorCode::PayloadTooLarge, "the MLS message is too large"))
+        } else {
+            s.delivery.enqueue(auth, &room_id, req).await
+        };
+        if out.send((room_id, txn_id, outcome)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The frame that answers a send, once it is durable (or refused).
+fn ack_frame(room_id: String, txn_id: String, outcome: Result<Pending, Error>) -> AckFuture {
+    Box::pin(async move {
+        let frame = match outcome {
+            Ok(pending) => pending.durable().await.map(|ack| ServerFrame::Ack {
+                txn_id: txn_id.clone(),
+                ack,
+            }),
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            e.log("websocket send");
+            send_error(room_id, txn_id, &e)
+        });
+        frame_text(&frame).ok()
+    })
 }
 
 fn send_error(room_id: String, txn_id: String, e: &Error) -> ServerFrame {

@@ -96,6 +96,9 @@ pub struct Membership {
     pub left_at: Option<u64>,
 }
 
+/// Rows per multi-row INSERT of messages.
+const INSERT_CHUNK: usize = 256;
+
 fn kind_str(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Application => "application",
@@ -496,44 +499,71 @@ impl Store {
     /// Persist accepted messages and everything they change in ONE
     /// transaction (group commit). When this returns `Ok`, all are durable.
     /// Returns the welcome id of each append (if it carried a welcome).
+    ///
+    /// The appends of one room must have consecutive seqs following the
+    /// room's stored `last_seq`; otherwise nothing is written.
     pub async fn append_batch(&self, batch: &[&Append]) -> StoreResult<Vec<Option<i64>>> {
+        // Per room: (first seq, last seq, epoch after the last one).
+        let mut rooms: Vec<(&str, u64, u64, u64)> = Vec::new();
+        for a in batch {
+            let m = &a.message;
+            match rooms.iter_mut().find(|r| r.0 == m.room_id) {
+                Some(r) if r.2 + 1 == m.seq => {
+                    r.2 = m.seq;
+                    r.3 = a.epoch_after;
+                }
+                Some(_) => return Err(StoreError::Corrupt("seqs of a room are not consecutive")),
+                None => rooms.push((&m.room_id, m.seq, m.seq, a.epoch_after)),
+            }
+        }
         let mut tx = self.pool.begin().await?;
+        for (room_id, first, last, epoch) in &rooms {
+            let res = sqlx::query(
+                "UPDATE rooms SET last_seq = ?, epoch = ? WHERE id = ? AND last_seq = ?",
+            )
+            .bind(to_i64(*last))
+            .bind(to_i64(*epoch))
+            .bind(room_id)
+            .bind(to_i64(*first) - 1)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                return Err(StoreError::Corrupt("room seq moved under the room lock"));
+            }
+        }
+        // Messages: multi-row inserts (8 binds a row, well under SQLite's limit).
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO messages (room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data) ",
+            );
+            q.push_values(chunk, |mut row, a| {
+                let m = &a.message;
+                row.push_bind(m.room_id.as_str())
+                    .push_bind(to_i64(m.seq))
+                    .push_bind(kind_str(m.kind))
+                    .push_bind(to_i64(m.epoch))
+                    .push_bind(m.sender_device)
+                    .push_bind(m.txn_id.as_str())
+                    .push_bind(m.ts_ms)
+                    .push_bind(m.data.as_slice());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         let mut welcome_ids = Vec::with_capacity(batch.len());
         for a in batch {
-            welcome_ids.push(Self::append_in(&mut tx, a).await?);
+            welcome_ids.push(Self::append_changes(&mut tx, a).await?);
         }
         tx.commit().await?;
         Ok(welcome_ids)
     }
 
-    async fn append_in(tx: &mut Transaction<'_, Sqlite>, a: &Append) -> StoreResult<Option<i64>> {
+    /// What a message changes besides the log: group state, membership, welcome.
+    async fn append_changes(
+        tx: &mut Transaction<'_, Sqlite>,
+        a: &Append,
+    ) -> StoreResult<Option<i64>> {
         let m = &a.message;
         let seq = to_i64(m.seq);
-        let res =
-            sqlx::query("UPDATE rooms SET last_seq = ?, epoch = ? WHERE id = ? AND last_seq = ?")
-                .bind(seq)
-                .bind(to_i64(a.epoch_after))
-                .bind(&m.room_id)
-                .bind(seq - 1)
-                .execute(&mut **tx)
-                .await?;
-        if res.rows_affected() != 1 {
-            return Err(StoreError::Corrupt("room seq moved under the room lock"));
-        }
-        sqlx::query(
-            "INSERT INTO messages (room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&m.room_id)
-        .bind(seq)
-        .bind(kind_str(m.kind))
-        .bind(to_i64(m.epoch))
-        .bind(m.sender_device)
-        .bind(&m.txn_id)
-        .bind(m.ts_ms)
-        .bind(&m.data)
-        .execute(&mut **tx)
-        .await?;
         for (key, value) in &a.state_changes {
             match value {
                 Some(v) => {
