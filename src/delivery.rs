@@ -42,6 +42,8 @@ struct Room {
     kv: RoomStateKv,
     /// Set when a queued write of this room failed: memory is ahead of disk.
     poisoned: Arc<AtomicBool>,
+    /// Hashes of every (sender device, txn id) of the room, accepted or queued.
+    txn_hashes: HashSet<u64>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<Room>>>;
@@ -55,50 +57,24 @@ struct InFlight {
     result: watch::Receiver<Option<Result<Ack, String>>>,
 }
 
-/// Messages that recently became durable, kept so that the database lookup
-/// of a txn id can run outside the room lock: a message that became durable
-/// after that lookup started is found here instead.
-const RECENT_TXNS: usize = 65_536;
-
-/// Txn ids of messages in flight and recently made durable.
-#[derive(Default)]
-struct TxnIndex {
-    inflight: HashMap<InFlightKey, InFlight>,
-    recent: HashMap<InFlightKey, ([u8; 32], Ack)>,
-    /// (completion number, key), oldest first.
-    order: std::collections::VecDeque<(u64, InFlightKey)>,
-    /// Messages made durable so far.
-    completed: u64,
-    /// The newest completion number evicted from `recent`.
-    evicted_upto: u64,
-}
-
-impl TxnIndex {
-    fn complete(&mut self, key: InFlightKey, outcome: Option<Ack>) {
-        let Some(entry) = self.inflight.remove(&key) else { return };
-        let Some(ack) = outcome else { return };
-        self.completed += 1;
-        self.recent.insert(key.clone(), (entry.digest, ack));
-        self.order.push_back((self.completed, key));
-        while self.order.len() > RECENT_TXNS {
-            if let Some((n, old)) = self.order.pop_front() {
-                self.recent.remove(&old);
-                self.evicted_upto = n;
-            }
-        }
-    }
-}
-
 pub struct DeliveryService {
     store: Store,
     hub: Arc<Hub>,
     writer: Writer,
     rooms: Mutex<HashMap<String, RoomSlot>>,
-    txns: Arc<Mutex<TxnIndex>>,
+    inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn txn_hash(device_id: i64, txn_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device_id.hash(&mut h);
+    txn_id.hash(&mut h);
+    h.finish()
 }
 
 fn txn_reused() -> Error {
@@ -226,7 +202,7 @@ impl DeliveryService {
             hub,
             writer,
             rooms: Mutex::new(HashMap::new()),
-            txns: Arc::new(Mutex::new(TxnIndex::default())),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -248,6 +224,13 @@ impl DeliveryService {
             &hex::decode(room_id).map_err(|_| Error::internal("stored room id is not hex"))?,
         );
         let kv = RoomStateKv::from_rows(row.state);
+        let txn_hashes = self
+            .store
+            .txn_ids(room_id)
+            .await?
+            .iter()
+            .map(|(device, txn)| txn_hash(*device, txn))
+            .collect();
         let pg = PublicGroup::load(&kv, &group_id)
             .map_err(Error::internal)?
             .ok_or_else(|| Error::internal("room has no public group state"))?;
@@ -260,6 +243,7 @@ impl DeliveryService {
             pg,
             kv,
             poisoned: Arc::new(AtomicBool::new(false)),
+            txn_hashes,
         }))
     }
 
@@ -398,15 +382,6 @@ impl DeliveryService {
         }
         let started = Instant::now();
         let key = (room_id.to_string(), auth.device_id, req.txn_id.clone());
-        let digest: [u8; 32] = Sha256::digest(&req.message.0).into();
-        // Idempotency, part 1, outside the room lock (so lookups of many
-        // senders run in parallel): is the txn id already on disk?
-        let completed_before = lock(&self.txns).completed;
-        let on_disk = self
-            .store
-            .find_txn(room_id, auth.device_id, &req.txn_id)
-            .await?;
-
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
         if guard
@@ -417,42 +392,33 @@ impl DeliveryService {
         }
         self.ensure_loaded(room_id, &mut guard).await?;
 
-        // Idempotency, part 2, under the room lock: a retry of an accepted
-        // message gets its first ack, even though the room has moved on.
-        let (in_flight, recent, maybe_missed) = {
-            let txns = lock(&self.txns);
-            (
-                txns.inflight.get(&key).cloned(),
-                txns.recent.get(&key).cloned(),
-                txns.evicted_upto > completed_before,
-            )
-        };
-        if let Some(entry) = in_flight {
-            if entry.digest != digest {
-                return Err(txn_reused());
+        // Idempotency first: a retry of an accepted message gets its first
+        // ack, even though the room has moved on since. The room keeps the
+        // hashes of all its txn ids, so only a likely retry costs a lookup.
+        let txn_hash = txn_hash(auth.device_id, &req.txn_id);
+        let digest: [u8; 32] = Sha256::digest(&req.message.0).into();
+        let seen = guard
+            .as_ref()
+            .is_some_and(|r| r.txn_hashes.contains(&txn_hash));
+        if seen {
+            let in_flight = lock(&self.inflight).get(&key).cloned();
+            if let Some(entry) = in_flight {
+                if entry.digest != digest {
+                    return Err(txn_reused());
+                }
+                return Ok(Pending::waiting(entry.result, true, started));
             }
-            return Ok(Pending::waiting(entry.result, true, started));
-        }
-        if let Some((prev_digest, ack)) = recent {
-            if prev_digest != digest {
-                return Err(txn_reused());
-            }
-            return Ok(Pending::done(ack, started));
-        }
-        // If `recent` dropped entries completed after the lookup began, the
-        // lookup may have missed one of them: look again (rare).
-        let on_disk = if maybe_missed {
-            self.store
+            // Not in flight any more, so it is on disk (or the hash collided).
+            if let Some(prev) = self
+                .store
                 .find_txn(room_id, auth.device_id, &req.txn_id)
                 .await?
-        } else {
-            on_disk
-        };
-        if let Some(prev) = on_disk {
-            if prev.data != req.message.0 {
-                return Err(txn_reused());
+            {
+                if prev.data != req.message.0 {
+                    return Err(txn_reused());
+                }
+                return Ok(Pending::done(ack_of(&prev, true), started));
             }
-            return Ok(Pending::done(ack_of(&prev, true), started));
         }
 
         let room = guard.as_mut().ok_or_else(room_not_found)?;
@@ -514,7 +480,8 @@ impl DeliveryService {
         room.members.extend(append.added_devices.iter().copied());
 
         let (result_tx, result_rx) = watch::channel(None);
-        lock(&self.txns).inflight.insert(
+        room.txn_hashes.insert(txn_hash);
+        lock(&self.inflight).insert(
             key.clone(),
             InFlight {
                 digest,
@@ -553,7 +520,7 @@ impl DeliveryService {
         result: watch::Sender<Option<Result<Ack, String>>>,
     ) -> Completion {
         let hub = self.hub.clone();
-        let txns = self.txns.clone();
+        let inflight = self.inflight.clone();
         let removed = append.removed_devices.clone();
         let welcome = append
             .welcome
@@ -594,15 +561,14 @@ impl DeliveryService {
                         device_id,
                         "message accepted"
                     );
-                    lock(&txns).complete(key, Some(ack.clone()));
                     let _ = result.send(Some(Ok(ack)));
                 }
                 Err(e) => {
                     poisoned.store(true, Ordering::Release);
-                    lock(&txns).complete(key, None);
                     let _ = result.send(Some(Err(e.to_string())));
                 }
             }
+            lock(&inflight).remove(&key);
         })
     }
 

@@ -478,6 +478,15 @@ impl Store {
         row.as_ref().map(Self::message_from_row).transpose()
     }
 
+    /// Every (sender device, txn id) of a room.
+    pub async fn txn_ids(&self, room_id: &str) -> StoreResult<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT sender_device, txn_id FROM messages WHERE room_id = ?")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Messages with `after < seq <= until`, oldest first, at most `limit`.
     pub async fn messages_between(
         &self,
