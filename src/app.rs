@@ -11,6 +11,7 @@ use crate::store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,7 +114,13 @@ impl App {
         let token = state.shutdown.clone();
         tracing::info!(addr = %self.local_addr, "tonari listening");
         let router = crate::http::router(state.clone());
-        let result = axum::serve(self.listener, router)
+        // Small frames must not wait for Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 token.cancel();
