@@ -72,9 +72,9 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     // the order the sends arrived (the writer makes them durable in order).
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let mut sends_in_flight = 0usize;
-    let (to_validate, validate_rx) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
-    let (validated_tx, mut validated) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
-    let validator = tokio::spawn(validate_sends(s.clone(), auth, validate_rx, validated_tx));
+    // The send task and its channels exist only once the connection sends
+    // (most connections only receive; idle ones must stay small).
+    let mut sender: Option<SendTask> = None;
     let (mut sink, mut stream) = socket.split();
 
     let close: Option<(u16, &'static str)> = loop {
@@ -129,7 +129,8 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                         // so this loop never waits for a room lock.
                         sends_in_flight += 1;
                         let req = SubmitRequest { txn_id, message, welcome };
-                        if to_validate.try_send((room_id, req)).is_err() {
+                        let task = sender.get_or_insert_with(|| SendTask::spawn(s.clone(), auth));
+                        if task.to_validate.try_send((room_id, req)).is_err() {
                             break Some((1011, "internal error"));
                         }
                     }
@@ -165,7 +166,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                     _ => break None,
                 }
             }
-            Some((room_id, txn_id, outcome)) = validated.recv() => {
+            Some((room_id, txn_id, outcome)) = next_validated(&mut sender) => {
                 acks.push_back(ack_frame(room_id, txn_id, outcome));
             }
             Some(done) = acks.next(), if !acks.is_empty() => {
@@ -190,7 +191,9 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     // Sends already queued stay queued (they will be durable); only the
     // acks are not delivered: the client retries with the same txn_id.
     drop(acks);
-    validator.abort();
+    if let Some(task) = sender {
+        task.handle.abort();
+    }
     s.hub.unregister_device(device_id, conn_id);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -207,6 +210,34 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
 }
 
 type Validated = (String, String, Result<Pending, Error>);
+
+/// A connection's send task with its input and output.
+struct SendTask {
+    to_validate: mpsc::Sender<(String, SubmitRequest)>,
+    validated: mpsc::Receiver<Validated>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl SendTask {
+    fn spawn(s: Arc<AppState>, auth: AuthDevice) -> SendTask {
+        let (to_validate, validate_rx) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
+        let (validated_tx, validated) = mpsc::channel(MAX_SENDS_IN_FLIGHT);
+        let handle = tokio::spawn(validate_sends(s, auth, validate_rx, validated_tx));
+        SendTask {
+            to_validate,
+            validated,
+            handle,
+        }
+    }
+}
+
+/// The next validated send, or never when the connection has not sent.
+async fn next_validated(sender: &mut Option<SendTask>) -> Option<Validated> {
+    match sender {
+        Some(task) => task.validated.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The connection's send task: validates and queues its sends in order.
 async fn validate_sends(
