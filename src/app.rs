@@ -8,10 +8,10 @@ use crate::config::Config;
 use crate::delivery::DeliveryService;
 use crate::fanout::Hub;
 use crate::store::Store;
+use axum::serve::ListenerExt as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +53,7 @@ pub struct App {
     listener: TcpListener,
     state: Arc<AppState>,
     local_addr: SocketAddr,
-    writer_stop: CancellationToken,
+    writer: crate::store::writer::Writer,
     writer_task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,13 +68,9 @@ impl App {
         let accounts = Accounts::new(store.clone(), &config)
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
-        let writer_stop = CancellationToken::new();
-        let (writer, writer_task) = crate::store::writer::spawn(
-            store.clone(),
-            config.write_queue,
-            config.write_batch_max,
-            writer_stop.clone(),
-        );
+        let (writer, writer_task) =
+            crate::store::writer::spawn(&store, config.write_queue, config.write_batch_max)?;
+        let delivery_writer = writer.clone();
         let delivery = DeliveryService::new(store.clone(), hub.clone(), writer);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -96,7 +92,7 @@ impl App {
             listener,
             state,
             local_addr,
-            writer_stop,
+            writer: delivery_writer,
             writer_task,
         })
     }
@@ -130,7 +126,7 @@ impl App {
         state.tasks.close();
         state.tasks.wait().await;
         // Every request is answered: let the writer finish its queue.
-        self.writer_stop.cancel();
+        self.writer.stop().await;
         if let Err(e) = self.writer_task.await {
             tracing::error!(error = %e, "writer task failed");
         }

@@ -492,9 +492,11 @@ impl DeliveryService {
         let validated = started.elapsed();
         if let Err(stopped) = self.writer.submit(Job { append, done }).await {
             room.poisoned.store(true, Ordering::Release);
-            (stopped.0.done)(Err(Arc::new(crate::store::StoreError::Corrupt(
-                "the writer has stopped",
-            ))));
+            if let Some(job) = stopped.0 {
+                (job.done)(Err(Arc::new(crate::store::StoreError::Corrupt(
+                    "the writer has stopped",
+                ))));
+            }
             return Err(Error::new(
                 ErrorCode::Unavailable,
                 "the server is shutting down; retry with the same txn_id",

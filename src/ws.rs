@@ -249,7 +249,10 @@ async fn validate_sends(
     while let Some((room_id, req)) = sends.recv().await {
         let txn_id = req.txn_id.clone();
         let outcome = if req.message.0.len() > s.config.ws_max_message_bytes {
-            Err(Error::new(ErrorCode::PayloadTooLarge, "the MLS message is too large"))
+            Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                "the MLS message is too large",
+            ))
         } else {
             s.delivery.enqueue(auth, &room_id, req).await
         };

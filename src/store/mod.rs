@@ -7,10 +7,10 @@
 pub mod mls_state;
 pub mod writer;
 
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
 use std::time::Duration;
 use tonari_wire::MessageKind;
@@ -24,6 +24,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database (writer): {0}")]
+    Writer(#[from] rusqlite::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(&'static str),
 }
@@ -96,10 +98,7 @@ pub struct Membership {
     pub left_at: Option<u64>,
 }
 
-/// Rows per multi-row INSERT of messages.
-const INSERT_CHUNK: usize = 256;
-
-fn kind_str(kind: MessageKind) -> &'static str {
+pub(crate) fn kind_str(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Application => "application",
         MessageKind::Proposal => "proposal",
@@ -120,13 +119,14 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -144,7 +144,10 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
     }
 
     pub async fn close(&self) {
@@ -503,139 +506,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::message_from_row).collect()
-    }
-
-    /// Persist accepted messages and everything they change in ONE
-    /// transaction (group commit). When this returns `Ok`, all are durable.
-    /// Returns the welcome id of each append (if it carried a welcome).
-    ///
-    /// The appends of one room must have consecutive seqs following the
-    /// room's stored `last_seq`; otherwise nothing is written.
-    pub async fn append_batch(&self, batch: &[&Append]) -> StoreResult<Vec<Option<i64>>> {
-        // Per room: (first seq, last seq, epoch after the last one).
-        let mut rooms: Vec<(&str, u64, u64, u64)> = Vec::new();
-        for a in batch {
-            let m = &a.message;
-            match rooms.iter_mut().find(|r| r.0 == m.room_id) {
-                Some(r) if r.2 + 1 == m.seq => {
-                    r.2 = m.seq;
-                    r.3 = a.epoch_after;
-                }
-                Some(_) => return Err(StoreError::Corrupt("seqs of a room are not consecutive")),
-                None => rooms.push((&m.room_id, m.seq, m.seq, a.epoch_after)),
-            }
-        }
-        let mut tx = self.pool.begin().await?;
-        for (room_id, first, last, epoch) in &rooms {
-            let res = sqlx::query(
-                "UPDATE rooms SET last_seq = ?, epoch = ? WHERE id = ? AND last_seq = ?",
-            )
-            .bind(to_i64(*last))
-            .bind(to_i64(*epoch))
-            .bind(room_id)
-            .bind(to_i64(*first) - 1)
-            .execute(&mut *tx)
-            .await?;
-            if res.rows_affected() != 1 {
-                return Err(StoreError::Corrupt("room seq moved under the room lock"));
-            }
-        }
-        // Messages: multi-row inserts (8 binds a row, well under SQLite's limit).
-        for chunk in batch.chunks(INSERT_CHUNK) {
-            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data) ",
-            );
-            q.push_values(chunk, |mut row, a| {
-                let m = &a.message;
-                row.push_bind(m.room_id.as_str())
-                    .push_bind(to_i64(m.seq))
-                    .push_bind(kind_str(m.kind))
-                    .push_bind(to_i64(m.epoch))
-                    .push_bind(m.sender_device)
-                    .push_bind(m.txn_id.as_str())
-                    .push_bind(m.ts_ms)
-                    .push_bind(m.data.as_slice());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let mut welcome_ids = Vec::with_capacity(batch.len());
-        for a in batch {
-            welcome_ids.push(Self::append_changes(&mut tx, a).await?);
-        }
-        tx.commit().await?;
-        Ok(welcome_ids)
-    }
-
-    /// What a message changes besides the log: group state, membership, welcome.
-    async fn append_changes(
-        tx: &mut Transaction<'_, Sqlite>,
-        a: &Append,
-    ) -> StoreResult<Option<i64>> {
-        let m = &a.message;
-        let seq = to_i64(m.seq);
-        for (key, value) in &a.state_changes {
-            match value {
-                Some(v) => {
-                    sqlx::query(
-                        "INSERT INTO room_state (room_id, key, value) VALUES (?, ?, ?)
-                         ON CONFLICT(room_id, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(&m.room_id)
-                    .bind(key)
-                    .bind(v)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM room_state WHERE room_id = ? AND key = ?")
-                        .bind(&m.room_id)
-                        .bind(key)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-        }
-        for device in &a.removed_devices {
-            sqlx::query(
-                "UPDATE room_members SET left_at_seq = ?
-                 WHERE room_id = ? AND device_id = ? AND left_at_seq IS NULL",
-            )
-            .bind(seq)
-            .bind(&m.room_id)
-            .bind(device)
-            .execute(&mut **tx)
-            .await?;
-        }
-        for device in &a.added_devices {
-            sqlx::query(
-                "INSERT INTO room_members (room_id, device_id, joined_after_seq) VALUES (?, ?, ?)",
-            )
-            .bind(&m.room_id)
-            .bind(device)
-            .bind(seq)
-            .execute(&mut **tx)
-            .await?;
-        }
-        let mut welcome_id = None;
-        if let Some((data, devices)) = &a.welcome {
-            let id =
-                sqlx::query("INSERT INTO welcomes (room_id, commit_seq, data) VALUES (?, ?, ?)")
-                    .bind(&m.room_id)
-                    .bind(seq)
-                    .bind(data)
-                    .execute(&mut **tx)
-                    .await?
-                    .last_insert_rowid();
-            welcome_id = Some(id);
-            for device in devices {
-                sqlx::query("INSERT INTO welcome_recipients (welcome_id, device_id) VALUES (?, ?)")
-                    .bind(id)
-                    .bind(device)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        Ok(welcome_id)
     }
 
     pub async fn welcomes_for(&self, device_id: i64) -> StoreResult<Vec<WelcomeRow>> {
