@@ -58,7 +58,18 @@ fn validate_password(pw: &str) -> Result<()> {
     }
 }
 
+/// Password hashing is memory-hard (argon2id, ~19 MiB each): at most this
+/// many run at once, so a burst of logins cannot exhaust memory.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
 async fn hash_password(password: String) -> Result<String> {
+    let _permit = hashing_permits().acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -70,6 +81,7 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 async fn verify_password(password: String, hash: String) -> Result<bool> {
+    let _permit = hashing_permits().acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(Error::internal)?;
         Ok(Argon2::default()
