@@ -4,7 +4,7 @@ use super::common::*;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite;
 use tonari_wire::ErrorCode;
 
 const SMALL: usize = 64 * 1024;
@@ -149,16 +149,7 @@ async fn bad_requests_get_stable_codes_and_change_nothing() {
     assert_eq!(mid[0].last_seq, before[0].last_seq + 1);
 
     // WebSocket: a message over the limit is closed with 1009.
-    let mut req = format!("ws://{}/v1/ws", server.addr)
-        .into_client_request()
-        .expect("ws request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("ws connects");
+    let mut ws = ws_connect(server.addr, &token).await;
     ws.send(tungstenite::Message::text("x".repeat(SMALL * 2)))
         .await
         .expect("send big frame");

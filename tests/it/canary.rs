@@ -3,9 +3,6 @@
 //! trace level), not in any response to a non-member or in raw responses.
 
 use super::common::*;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tonari_sdk::{Client, Event};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -16,45 +13,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
     let dir = tmp();
     let data_dir = dir.path().join("server");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
-        .arg("serve")
-        .env("TONARI_LISTEN", "127.0.0.1:0")
-        .env("TONARI_DATA_DIR", &data_dir)
-        .env("TONARI_LOG_FILTER", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tonari serve");
-    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let url = tokio::time::timeout(WAIT, async {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stdout.read_line(&mut line).await.expect("read stdout") == 0 {
-                panic!("server exited before listening");
-            }
-            logs.lock().unwrap().extend_from_slice(line.as_bytes());
-            if let Some(rest) = line.trim().strip_prefix("tonari listening on ") {
-                return rest.to_string();
-            }
-        }
-    })
-    .await
-    .expect("server listens in time");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let (l1, l2) = (logs.clone(), logs.clone());
-    let out_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf).await;
-        l1.lock().unwrap().extend_from_slice(&buf);
-    });
-    let err_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
-        l2.lock().unwrap().extend_from_slice(&buf);
-    });
+    let server = ServerProcess::spawn(&data_dir, "127.0.0.1:0", "trace").await;
+    let url = server.url.clone();
 
     let canary = format!("CANARY-{}-血糖値", std::process::id() as u64 * 7919 + 13);
     for u in ["mia", "ned", "ozu"] {
@@ -124,19 +84,14 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
     assert!(seen_files >= 2, "database and WAL exist");
 
     // Graceful stop, then the files and the complete logs.
-    let pid = child.id().expect("pid");
+    let pid = server.child.id().expect("pid");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
-    let exit = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
+    let (exit, logs) = server.wait_output().await;
     assert!(exit.success(), "graceful exit: {exit}");
-    out_task.await.expect("stdout task");
-    err_task.await.expect("stderr task");
     for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
         if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
             assert!(
@@ -145,7 +100,6 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
             );
         }
     }
-    let logs = logs.lock().unwrap().clone();
     assert!(
         contains(&logs, b"message accepted"),
         "trace logs were captured"

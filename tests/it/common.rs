@@ -193,3 +193,101 @@ pub async fn room_with(
     }
     (o, clients, room)
 }
+
+/// A `tonari serve` child process, with everything it prints collected.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    drains: Vec<JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Start the real binary and wait until it listens.
+    pub async fn spawn(data_dir: &Path, listen: &str, log_filter: &str) -> ServerProcess {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
+            .arg("serve")
+            .env("TONARI_LISTEN", listen)
+            .env("TONARI_DATA_DIR", data_dir)
+            .env("TONARI_LOG_FILTER", log_filter)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tonari serve");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let url = tokio::time::timeout(WAIT, async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await.expect("read stdout") == 0 {
+                    panic!("server exited before listening");
+                }
+                output
+                    .lock()
+                    .expect("output")
+                    .extend_from_slice(line.as_bytes());
+                if let Some(rest) = line.trim().strip_prefix("tonari listening on ") {
+                    return rest.to_string();
+                }
+            }
+        })
+        .await
+        .expect("server listens in time");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (o1, o2) = (output.clone(), output.clone());
+        // Keep draining both pipes so the child never blocks on them.
+        let drains = vec![
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = stdout.read_to_end(&mut buf).await;
+                o1.lock().expect("output").extend_from_slice(&buf);
+            }),
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = stderr.read_to_end(&mut buf).await;
+                o2.lock().expect("output").extend_from_slice(&buf);
+            }),
+        ];
+        ServerProcess {
+            child,
+            url,
+            output,
+            drains,
+        }
+    }
+
+    /// Wait for the process to exit; its exit status and complete output.
+    pub async fn wait_output(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("server exits in time")
+            .expect("wait");
+        for d in self.drains {
+            d.await.expect("drain task");
+        }
+        let out = self.output.lock().expect("output").clone();
+        (status, out)
+    }
+}
+
+/// A raw WebSocket to the server, authenticated with `token`.
+pub async fn ws_connect(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .expect("ws request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connects")
+        .0
+}

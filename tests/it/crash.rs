@@ -7,11 +7,8 @@
 
 use super::common::*;
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 use tokio::sync::{Mutex, Notify};
 use tonari_sdk::Client;
 use tonari_wire::{Ack, B64, MessagePage, SubmitRequest};
@@ -20,31 +17,8 @@ const SENDERS: usize = 4;
 /// Acks to collect in a round before the kill.
 const ACKS_PER_ROUND: usize = 12;
 
-async fn start(data_dir: &std::path::Path, port: u16) -> Child {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
-        .arg("serve")
-        .env("TONARI_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TONARI_DATA_DIR", data_dir)
-        .env("TONARI_LOG_FILTER", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tonari");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("listening on") {
-                return;
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server listens in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+async fn start(data_dir: &std::path::Path, port: u16) -> ServerProcess {
+    ServerProcess::spawn(data_dir, &format!("127.0.0.1:{port}"), "warn").await
 }
 
 fn free_port() -> u16 {
@@ -198,8 +172,8 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         tokio::time::timeout(WAIT, enough.notified())
             .await
             .expect("acks in time");
-        child.start_kill().expect("SIGKILL");
-        child.wait().await.expect("killed");
+        child.child.start_kill().expect("SIGKILL");
+        child.wait_output().await;
         for t in tasks {
             t.await.expect("sender");
         }
@@ -273,6 +247,6 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         stored.len() - 1,
         "the member reads every stored message"
     );
-    child.start_kill().expect("stop");
-    let _ = child.wait().await;
+    child.child.start_kill().expect("stop");
+    child.wait_output().await;
 }

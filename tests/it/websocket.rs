@@ -2,24 +2,14 @@
 
 use super::common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite;
 use tonari_wire::{B64, ClientFrame, ServerFrame};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws(server: &TestServer, token: &str) -> Ws {
-    let mut req = format!("ws://{}/v1/ws", server.addr)
-        .into_client_request()
-        .expect("ws request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("ws connects")
-        .0
+    ws_connect(server.addr, token).await
 }
 
 async fn send_frame(ws: &mut Ws, frame: &ClientFrame) {

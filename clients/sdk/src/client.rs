@@ -1168,29 +1168,15 @@ impl Client {
                 store::set_leaving(c, room_id, epoch)?;
                 Ok(row)
             })?;
-            match self.submit_row(&row).await {
-                Ok(ack) => {
-                    self.mark_outbox(&row.txn_id, outbox_state::ACKED, Some(ack.seq))?;
-                    self.catch_up_after_ack(room_id).await;
-                    return Ok(ack);
-                }
-                Err(e) if e.is_code(ErrorCode::EpochConflict) => {
-                    self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
-                    self.catch_up_room(room_id).await?;
-                    // Our own stale proposal must not block anything.
-                    self.with_tx(|p, _| {
-                        let mut g = mls::load_group(p, room_id)?;
-                        g.clear_pending_proposals(&p.storage)?;
-                        Ok(())
-                    })?;
-                }
-                Err(e) => {
-                    if !e.is_retryable() {
-                        self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
-                    }
-                    return Err(e);
-                }
+            if let Some(ack) = self.submit_outbox(&row).await? {
+                return Ok(ack);
             }
+            // Our own stale proposal must not block anything.
+            self.with_tx(|p, _| {
+                let mut g = mls::load_group(p, room_id)?;
+                g.clear_pending_proposals(&p.storage)?;
+                Ok(())
+            })?;
         }
         Err(SdkError::TooManyConflicts(MAX_CONFLICT_RETRIES))
     }
@@ -1238,27 +1224,36 @@ impl Client {
                 store::insert_outbox(c, &row)?;
                 Ok(row)
             })?;
-            match self.submit_row(&row).await {
-                Ok(ack) => {
-                    self.mark_outbox(&row.txn_id, outbox_state::ACKED, Some(ack.seq))?;
-                    self.catch_up_after_ack(room_id).await;
-                    return Ok(ack);
-                }
-                Err(e) if e.is_code(ErrorCode::EpochConflict) => {
-                    self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
-                    self.catch_up_room(room_id).await?;
-                }
-                Err(e) => {
-                    // After a network error the outcome is unknown: keep the
-                    // row so the echo is still recognised.
-                    if !e.is_retryable() {
-                        self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
-                    }
-                    return Err(e);
-                }
+            if let Some(ack) = self.submit_outbox(&row).await? {
+                return Ok(ack);
             }
         }
         Err(SdkError::TooManyConflicts(MAX_CONFLICT_RETRIES))
+    }
+
+    /// Submit an outbox row (an application message or proposal). `Ok(None)`
+    /// on 409 epoch_conflict, after catching up: the caller rebuilds and
+    /// retries. After a network error the outcome is unknown: the row stays
+    /// so its echo is still recognised.
+    async fn submit_outbox(&self, row: &OutboxRow) -> Result<Option<Ack>> {
+        match self.submit_row(row).await {
+            Ok(ack) => {
+                self.mark_outbox(&row.txn_id, outbox_state::ACKED, Some(ack.seq))?;
+                self.catch_up_after_ack(&row.room_id).await;
+                Ok(Some(ack))
+            }
+            Err(e) if e.is_code(ErrorCode::EpochConflict) => {
+                self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
+                self.catch_up_room(&row.room_id).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                if !e.is_retryable() {
+                    self.mark_outbox(&row.txn_id, outbox_state::FAILED, None)?;
+                }
+                Err(e)
+            }
+        }
     }
 
     // ------------------------------------------------------------ receiving
