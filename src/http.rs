@@ -121,6 +121,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::WELCOMES, get(welcomes))
         .route(paths::WELCOME, delete(delete_welcome))
         .route(paths::WS, get(crate::ws::upgrade))
+        .method_not_allowed_fallback(|| async {
+            ApiError(Error::new(
+                ErrorCode::MethodNotAllowed,
+                "this endpoint does not take that HTTP method",
+            ))
+        })
         .fallback(|| async { ApiError(Error::new(ErrorCode::NotFound, "no such endpoint")) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

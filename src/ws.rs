@@ -12,9 +12,11 @@ use crate::accounts::AuthDevice;
 use crate::app::AppState;
 use crate::delivery::{Pending, frame_text};
 use crate::error::Error;
-use crate::http::Auth;
+use crate::http::{ApiError, Auth};
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
@@ -40,8 +42,21 @@ const MAX_SENDS_IN_FLIGHT: usize = 256;
 pub async fn upgrade(
     State(s): State<Arc<AppState>>,
     Auth(auth, _): Auth,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError(Error::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "a WebSocket upgrade is required here: {}",
+                    rejection.body_text()
+                ),
+            ))
+            .into_response();
+        }
+    };
     let tracker = s.tasks.clone();
     ws.max_message_size(s.config.ws_max_message_bytes)
         .max_frame_size(s.config.ws_max_frame_bytes)

@@ -105,6 +105,12 @@ async fn bad_requests_get_stable_codes_and_change_nothing() {
         assert!(code_of(&body).ends_with("not_found"), "{path}: {body}");
     }
 
+    // 405: a known endpoint with the wrong method; 400: /v1/ws without an upgrade.
+    let (status, body) = raw(Method::PUT, url("/v1/rooms"), Some(&token), None).await;
+    assert_eq!((status, code_of(&body)), (405, "method_not_allowed"));
+    let (status, body) = raw(Method::GET, url("/v1/ws"), Some(&token), None).await;
+    assert_eq!((status, code_of(&body)), (400, "invalid_request"));
+
     // 404: unknown room.
     let (status, body) = raw(
         Method::POST,

@@ -124,6 +124,8 @@ pub enum ErrorCode {
     WelcomeNotFound,
     /// 404: no such endpoint.
     NotFound,
+    /// 405: the endpoint exists but not with this HTTP method.
+    MethodNotAllowed,
     /// 409: the message is for another epoch than the room's current one.
     EpochConflict,
     /// 409: the room already exists.
@@ -143,7 +145,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidMlsMessage,
         ErrorCode::EncryptedHandshake,
@@ -159,6 +161,7 @@ impl ErrorCode {
         ErrorCode::DeviceNotFound,
         ErrorCode::WelcomeNotFound,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::EpochConflict,
         ErrorCode::RoomExists,
         ErrorCode::UsernameTaken,
@@ -186,6 +189,7 @@ impl ErrorCode {
             ErrorCode::DeviceNotFound => "device_not_found",
             ErrorCode::WelcomeNotFound => "welcome_not_found",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::EpochConflict => "epoch_conflict",
             ErrorCode::RoomExists => "room_exists",
             ErrorCode::UsernameTaken => "username_taken",
@@ -211,6 +215,7 @@ impl ErrorCode {
             | ErrorCode::DeviceNotFound
             | ErrorCode::WelcomeNotFound
             | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::EpochConflict
             | ErrorCode::RoomExists
             | ErrorCode::UsernameTaken
