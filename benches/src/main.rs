@@ -79,6 +79,10 @@ struct Args {
     /// The tonari server binary (default: `tonari` next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Run the server on these CPUs only (`taskset -c LIST`, e.g. `1`); run the
+    /// bench itself with `taskset -c 0 ...` to keep client and server apart.
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
     /// Where the server's data directories go (default: the system temp dir).
     /// Use a real disk: the server fsyncs every acked message.
     #[arg(long)]
@@ -216,7 +220,7 @@ struct Ctx {
 
 impl Ctx {
     async fn start_server(&self, data_dir: &Path) -> Result<Server> {
-        let s = Server::start(&self.bin, data_dir).await?;
+        let s = Server::start(&self.bin, self.args.server_cpus.as_deref(), data_dir).await?;
         eprintln!("  server pid {} at {}", s.pid(), s.url);
         Ok(s)
     }

@@ -32,8 +32,18 @@ pub struct Usage {
 impl Server {
     /// Start `bin serve` on 127.0.0.1:0 with the data directory `data_dir`,
     /// and wait for its listening line.
-    pub async fn start(bin: &Path, data_dir: &Path) -> Result<Server> {
-        let mut child = Command::new(bin)
+    /// With `cpus`, the server runs under `taskset -c CPUS` (same pid: taskset
+    /// execs the server).
+    pub async fn start(bin: &Path, cpus: Option<&str>, data_dir: &Path) -> Result<Server> {
+        let mut command = match cpus {
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(list).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("serve")
             .env("TONARI_LISTEN", "127.0.0.1:0")
             .env("TONARI_DATA_DIR", data_dir)
