@@ -1,11 +1,14 @@
 //! Accounts, sessions, devices, the directory and key packages.
 
+use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::mls;
+use crate::store::writer::Writer;
 use crate::store::{DeviceRow, Store};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -104,6 +107,7 @@ pub fn device_info(d: &DeviceRow) -> DeviceInfo {
 
 pub struct Accounts {
     store: Store,
+    writer: Writer,
     session_ttl_ms: i64,
     low_water: u32,
     max_per_device: u32,
@@ -122,9 +126,10 @@ const SESSION_CACHE_MAX: usize = 100_000;
 const SESSION_CACHE_MS: i64 = 60_000;
 
 impl Accounts {
-    pub async fn new(store: Store, config: &crate::Config) -> Result<Self> {
+    pub async fn new(store: Store, writer: Writer, config: &crate::Config) -> Result<Self> {
         Ok(Accounts {
             store,
+            writer,
             session_ttl_ms: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             low_water: config.key_package_low_water,
@@ -145,6 +150,13 @@ impl Accounts {
         {
             Some(user_id) => {
                 tracing::info!(user_id, "user registered");
+                self.audit(
+                    "user_registered",
+                    None,
+                    format!("user:{user_id}"),
+                    json!({}),
+                )
+                .await;
                 Ok(RegisterResponse {
                     user_id,
                     username: req.username,
@@ -166,6 +178,8 @@ impl Accounts {
         };
         if !verify_password(req.password, user.password_hash.clone()).await? {
             tracing::info!(user_id = user.id, "login refused: wrong password");
+            self.audit("login_failed", None, format!("user:{}", user.id), json!({}))
+                .await;
             return Err(failed());
         }
         if req.signature_key.0.len() != 32 {
@@ -193,16 +207,27 @@ impl Accounts {
                     }
                 }
             }
-            None => self
-                .store
-                .create_device(user.id, &req.device_name, &req.signature_key.0, now_ms())
-                .await?
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::InvalidRequest,
-                        "this signature key is already registered to a device",
-                    )
-                })?,
+            None => {
+                let id = self
+                    .store
+                    .create_device(user.id, &req.device_name, &req.signature_key.0, now_ms())
+                    .await?
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::InvalidRequest,
+                            "this signature key is already registered to a device",
+                        )
+                    })?;
+                let fingerprint = hex::encode(Sha256::digest(&req.signature_key.0));
+                self.audit(
+                    "device_added",
+                    Some((user.id, id)),
+                    format!("device:{id}"),
+                    json!({ "signature_key_sha256": fingerprint }),
+                )
+                .await;
+                id
+            }
         };
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
@@ -218,6 +243,13 @@ impl Accounts {
             )
             .await?;
         tracing::info!(user_id = user.id, device_id, "login");
+        self.audit(
+            "login",
+            Some((user.id, device_id)),
+            format!("device:{device_id}"),
+            json!({}),
+        )
+        .await;
         Ok(LoginResponse {
             token,
             user_id: user.id,
@@ -247,11 +279,35 @@ impl Accounts {
         }
     }
 
-    pub async fn logout(&self, token: &str) -> Result<()> {
+    pub async fn logout(&self, auth: AuthDevice, token: &str) -> Result<()> {
         let hash = hash_token(token);
+        self.audit(
+            "logout",
+            Some((auth.user_id, auth.device_id)),
+            format!("device:{}", auth.device_id),
+            json!({}),
+        )
+        .await;
         self.session_cache().remove(&hash);
         self.store.delete_session(&hash).await?;
         Ok(())
+    }
+
+    /// Chain a security event into the audit log (logged if it cannot be).
+    async fn audit(
+        &self,
+        event: &str,
+        actor: Option<(i64, i64)>,
+        subject: String,
+        details: serde_json::Value,
+    ) {
+        if !self
+            .writer
+            .audit(AuditEvent::new(event, actor, subject, details))
+            .await
+        {
+            tracing::error!(event, "audit entry not recorded");
+        }
     }
 
     fn session_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (AuthDevice, i64)>> {

@@ -65,11 +65,11 @@ impl App {
         })?;
         let store = Store::open_sqlite(&config.database_path()).await?;
         let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
-        let accounts = Accounts::new(store.clone(), &config)
-            .await
-            .map_err(|e| AppError::Startup(e.to_string()))?;
         let (writer, writer_task) =
             crate::store::writer::spawn(&store, config.write_queue, config.write_batch_max)?;
+        let accounts = Accounts::new(store.clone(), writer.clone(), &config)
+            .await
+            .map_err(|e| AppError::Startup(e.to_string()))?;
         let delivery_writer = writer.clone();
         let delivery = DeliveryService::new(store.clone(), hub.clone(), writer);
         let listener = TcpListener::bind(config.listen)

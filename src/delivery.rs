@@ -7,6 +7,7 @@
 //! durable transaction, and only then updates memory, publishes and acks.
 
 use crate::accounts::{AuthDevice, now_ms};
+use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::fanout::{Delivery, Hub};
 use crate::mls::{self, CIPHERSUITE};
@@ -67,6 +68,27 @@ pub struct DeliveryService {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The audit entry of a commit that changes who is in the room.
+fn membership_audit(auth: AuthDevice, room_id: &str, seq: u64, a: &Accepted) -> Vec<AuditEvent> {
+    if a.kind != MessageKind::Commit || (a.added.is_empty() && a.removed.is_empty()) {
+        return Vec::new();
+    }
+    vec![AuditEvent::new(
+        "room_members_changed",
+        Some((auth.user_id, auth.device_id)),
+        format!("room:{room_id}"),
+        serde_json::json!({
+            "seq": seq,
+            "epoch_after": a.epoch_after,
+            "added_devices": a.added,
+            "removed_devices": a.removed,
+            // No room policy yet (care-team rules come later): every valid
+            // commit by a member is allowed.
+            "decision": "allowed",
+        }),
+    )]
 }
 
 fn txn_hash(device_id: i64, txn_id: &str) -> u64 {
@@ -309,6 +331,14 @@ impl DeliveryService {
             ));
         }
         tracing::info!(room_id, device_id = auth.device_id, "room created");
+        self.writer
+            .audit(AuditEvent::new(
+                "room_created",
+                Some((auth.user_id, auth.device_id)),
+                format!("room:{room_id}"),
+                serde_json::json!({ "epoch": epoch }),
+            ))
+            .await;
         Ok(RoomInfo {
             room_id,
             epoch,
@@ -448,9 +478,11 @@ impl DeliveryService {
                 return Err(Error::internal(e));
             }
         };
+        let seq = room.last_seq + 1;
+        let message_room_id = room.id.clone();
         let message = StoredMessage {
             room_id: room.id.clone(),
-            seq: room.last_seq + 1,
+            seq,
             kind: accepted.kind,
             epoch: accepted.epoch,
             sender_device: auth.device_id,
@@ -468,6 +500,7 @@ impl DeliveryService {
             state_changes,
             added_devices: accepted.added.clone(),
             removed_devices: accepted.removed.clone(),
+            audit: membership_audit(auth, &message_room_id, seq, &accepted),
             welcome: accepted.welcome.map(|w| (w, accepted.added.clone())),
         };
         // Memory moves ahead of disk now; if the write fails, `poisoned`

@@ -146,8 +146,8 @@ async fn login(
     Ok(Json(s.accounts.login(req).await?))
 }
 
-async fn logout(State(s): State<Arc<AppState>>, Auth(_, token): Auth) -> ApiResult<StatusCode> {
-    s.accounts.logout(&token).await?;
+async fn logout(State(s): State<Arc<AppState>>, Auth(auth, token): Auth) -> ApiResult<StatusCode> {
+    s.accounts.logout(auth, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

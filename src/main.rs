@@ -27,6 +27,23 @@ enum Command {
     ConfigExample,
     /// Load the config (file + environment) and print the effective values.
     CheckConfig,
+    /// The audit log of security events.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log (read-only). Exits 0 and prints
+    /// the entry count and head hash when intact; exits 1 naming the first
+    /// edited, deleted or reordered entry otherwise.
+    Verify {
+        /// The database file (default: tonari.sqlite3 in the configured data_dir).
+        #[arg(long)]
+        database: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +72,36 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(config),
+        Command::Audit {
+            command: AuditCommand::Verify { database },
+        } => audit_verify(database.unwrap_or_else(|| config.database_path())),
+    }
+}
+
+fn audit_verify(path: PathBuf) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tonari: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tonari::audit::verify_database(&path)) {
+        Ok(Ok((count, head))) => {
+            println!("audit log OK: {count} entries, head {}", hex::encode(head));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            println!("audit log BROKEN at entry {}: {broken}", broken.seq());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tonari: cannot read {}: {e}", path.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Append {
     pub removed_devices: Vec<i64>,
     /// Welcome bytes and the devices it is for.
     pub welcome: Option<(Vec<u8>, Vec<i64>)>,
+    /// Security events to chain into the audit log with the message.
+    pub audit: Vec<crate::audit::AuditEvent>,
 }
 
 /// Where a device may read a room: seqs in `(joined_after, left_at]`.
@@ -144,6 +146,22 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Open an existing database read-only (no migrations), e.g. to verify it.
+    pub async fn open_sqlite_read_only(path: &Path) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .read_only(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -506,6 +524,32 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::message_from_row).collect()
+    }
+
+    /// The whole audit log, oldest first.
+    pub async fn audit_entries(&self) -> StoreResult<Vec<crate::audit::AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, ts_ms, event, actor_user, actor_device, subject, details, prev_hash, hash
+             FROM audit_log ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| crate::audit::AuditEntry {
+                seq: to_u64(r.get(0)),
+                ts_ms: r.get(1),
+                event: crate::audit::AuditEvent {
+                    event: r.get(2),
+                    actor_user: r.get(3),
+                    actor_device: r.get(4),
+                    subject: r.get(5),
+                    details: r.get(6),
+                },
+                prev_hash: r.get(7),
+                hash: r.get(8),
+            })
+            .collect())
     }
 
     pub async fn welcomes_for(&self, device_id: i64) -> StoreResult<Vec<WelcomeRow>> {

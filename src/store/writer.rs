@@ -15,7 +15,8 @@
 //! disk. Their owners drop that state and reload it from the store.
 
 use super::{Append, Store, StoreError, kind_str, to_i64};
-use rusqlite::{Connection, params};
+use crate::audit::{AuditEvent, GENESIS, entry_hash};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -34,8 +35,15 @@ pub struct Job {
     pub done: Completion,
 }
 
+/// A security event to chain into the audit log; `done` hears when durable.
+pub struct AuditJob {
+    pub event: AuditEvent,
+    pub done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
 enum Msg {
     Job(Box<Job>),
+    Audit(Box<AuditJob>),
     Stop,
 }
 
@@ -67,8 +75,21 @@ impl Writer {
             .await
             .map_err(|e| match e.0 {
                 Msg::Job(job) => WriterStopped(Some(*job)),
-                Msg::Stop => WriterStopped(None),
+                Msg::Audit(_) | Msg::Stop => WriterStopped(None),
             })
+    }
+
+    /// Append a security event to the audit chain; `true` once durable.
+    pub async fn audit(&self, event: AuditEvent) -> bool {
+        let (done, heard) = tokio::sync::oneshot::channel();
+        let job = AuditJob {
+            event,
+            done: Some(done),
+        };
+        if self.tx.send(Msg::Audit(Box::new(job))).await.is_err() {
+            return false;
+        }
+        heard.await.unwrap_or(false)
     }
 
     /// Ask the writer to finish what is queued and stop.
@@ -89,16 +110,39 @@ pub fn spawn(
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(32);
+    let head = audit_head(&conn)?;
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let handle = tokio::task::spawn_blocking(move || run(conn, rx, max_batch.max(1)));
+    let handle = tokio::task::spawn_blocking(move || run(conn, rx, max_batch.max(1), head));
     Ok((Writer { tx }, handle))
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+/// The last audit entry: (seq, hash).
+type AuditHead = (u64, [u8; 32]);
+
+fn audit_head(conn: &Connection) -> Result<AuditHead, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((seq, hash)) => (
+            u64::try_from(seq).unwrap_or(0),
+            hash.try_into()
+                .map_err(|_| StoreError::Corrupt("audit hash is not 32 bytes"))?,
+        ),
+        None => (0, GENESIS),
+    })
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mut head: AuditHead) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut audits: Vec<AuditJob> = Vec::new();
     let mut stopping = false;
     loop {
-        if batch.is_empty() {
+        if batch.is_empty() && audits.is_empty() {
             let first = if stopping {
                 rx.try_recv().ok()
             } else {
@@ -106,6 +150,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
             };
             match first {
                 Some(Msg::Job(job)) => batch.push(*job),
+                Some(Msg::Audit(a)) => audits.push(*a),
                 Some(Msg::Stop) => {
                     stopping = true;
                     continue;
@@ -113,16 +158,18 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
                 None => break,
             }
         }
-        while batch.len() < max_batch {
+        while batch.len() + audits.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => batch.push(*job),
+                Ok(Msg::Audit(a)) => audits.push(*a),
                 Ok(Msg::Stop) => stopping = true,
                 Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
-        match write_batch(&mut conn, &batch) {
-            Ok(welcome_ids) => {
+        match write_batch(&mut conn, &batch, &audits, head) {
+            Ok((welcome_ids, new_head)) => {
+                head = new_head;
                 tracing::trace!(
                     jobs = batch.len(),
                     us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -131,6 +178,11 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
                 for (job, welcome_id) in batch.drain(..).zip(welcome_ids) {
                     (job.done)(Ok(Durable { welcome_id }));
                 }
+                for a in audits.drain(..) {
+                    if let Some(done) = a.done {
+                        let _ = done.send(true);
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(jobs = batch.len(), error = %e, "batch write failed; failing queued jobs");
@@ -138,9 +190,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
                 for job in batch.drain(..) {
                     (job.done)(Err(e.clone()));
                 }
+                // Dropping `done` tells the waiter the event was not recorded.
+                audits.clear();
                 while let Ok(msg) = rx.try_recv() {
                     match msg {
                         Msg::Job(job) => (job.done)(Err(e.clone())),
+                        Msg::Audit(_) => {}
                         Msg::Stop => stopping = true,
                     }
                 }
@@ -154,7 +209,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
 ///
 /// The jobs of one room must have consecutive seqs following the room's
 /// stored `last_seq`; otherwise nothing is written.
-fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Option<i64>>, StoreError> {
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+    audits: &[AuditJob],
+    head: AuditHead,
+) -> Result<(Vec<Option<i64>>, AuditHead), StoreError> {
     // Per room: (first seq, last seq, epoch after the last one).
     let mut rooms: Vec<(&str, u64, u64, u64)> = Vec::new();
     for job in batch {
@@ -206,8 +266,38 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<Option<i64>>,
     for job in batch {
         welcome_ids.push(write_changes(&tx, &job.append)?);
     }
+    // The audit chain: events of the jobs (membership changes), then the
+    // standalone ones, each linked to the one before.
+    let mut head = head;
+    let events = batch
+        .iter()
+        .flat_map(|j| j.append.audit.iter())
+        .chain(audits.iter().map(|a| &a.event));
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_log (seq, ts_ms, event, actor_user, actor_device, subject, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for event in events {
+            let seq = head.0 + 1;
+            let ts_ms = crate::accounts::now_ms();
+            let hash = entry_hash(&head.1, seq, ts_ms, event);
+            insert.execute(params![
+                to_i64(seq),
+                ts_ms,
+                event.event,
+                event.actor_user,
+                event.actor_device,
+                event.subject,
+                event.details,
+                head.1.as_slice(),
+                hash.as_slice(),
+            ])?;
+            head = (seq, hash);
+        }
+    }
     tx.commit()?;
-    Ok(welcome_ids)
+    Ok((welcome_ids, head))
 }
 
 /// What a message changes besides the log: group state, membership, welcome.

@@ -238,6 +238,12 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         stored.len()
     );
 
+    // The audit chain survived every kill intact.
+    let audit = tonari::audit::verify_database(&data_dir.join("tonari.sqlite3"))
+        .await
+        .expect("read audit log");
+    assert!(audit.is_ok(), "audit chain after crashes: {audit:?}");
+
     // The member's SDK decrypts everything that was stored.
     s.sync().await.expect("sync");
     let texts = history_texts(&s, &room).await;

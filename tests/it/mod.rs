@@ -1,3 +1,4 @@
+pub mod audit;
 pub mod bad_input;
 pub mod canary;
 pub mod common;
