@@ -3,6 +3,7 @@
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::mls;
+use crate::ratelimit::Limiter;
 use crate::store::writer::Writer;
 use crate::store::{DeviceRow, Store};
 use argon2::Argon2;
@@ -117,6 +118,10 @@ pub struct Accounts {
     /// Recently verified sessions (token hash → device, cached-until ms), so
     /// a busy device does not cost a database read per request.
     sessions: Mutex<HashMap<Vec<u8>, (AuthDevice, i64)>>,
+    /// Login attempts per client IP.
+    ip_attempts: Limiter,
+    /// Failed logins per account.
+    account_failures: Limiter,
 }
 
 /// Most cached sessions (the cache is cleared when full).
@@ -136,6 +141,14 @@ impl Accounts {
             max_per_device: config.key_package_max_per_device,
             dummy_hash: hash_password("tonari-dummy-password".to_string()).await?,
             sessions: Mutex::new(HashMap::new()),
+            ip_attempts: Limiter::new(
+                config.login_max_attempts_per_ip,
+                config.login_ip_window_secs,
+            ),
+            account_failures: Limiter::new(
+                config.login_max_failures_per_account,
+                config.login_account_window_secs,
+            ),
         })
     }
 
@@ -169,19 +182,37 @@ impl Accounts {
         }
     }
 
-    pub async fn login(&self, req: LoginRequest) -> Result<LoginResponse> {
+    pub async fn login(&self, req: LoginRequest, peer: std::net::IpAddr) -> Result<LoginResponse> {
         let failed = || Error::new(ErrorCode::LoginFailed, "wrong username or password");
+        let now = now_ms();
+        // Every attempt counts against the client address.
+        self.ip_attempts
+            .hit(&format!("ip:{peer}"), now)
+            .map_err(|r| Error::rate_limited(r.0))?;
         let user = self.store.user_by_name(&req.username).await?;
         let Some(user) = user else {
             let _ = verify_password(req.password, self.dummy_hash.clone()).await;
             return Err(failed());
         };
+        // Every password check of an account is counted BEFORE it runs (so
+        // concurrent guesses cannot slip past the limit) and forgiven after a
+        // success; a locked account is refused without checking.
+        let account = format!("user:{}", user.id);
+        let attempt = self
+            .account_failures
+            .hit(&account, now)
+            .map_err(|r| Error::rate_limited(r.0))?;
         if !verify_password(req.password, user.password_hash.clone()).await? {
             tracing::info!(user_id = user.id, "login refused: wrong password");
-            self.audit("login_failed", None, format!("user:{}", user.id), json!({}))
+            self.audit("login_failed", None, account.clone(), json!({}))
                 .await;
+            if attempt == self.account_failures.limit() {
+                tracing::warn!(user_id = user.id, "account locked after failed logins");
+                self.audit("account_locked", None, account, json!({})).await;
+            }
             return Err(failed());
         }
+        self.account_failures.reset(&account);
         if req.signature_key.0.len() != 32 {
             return Err(Error::new(
                 ErrorCode::InvalidRequest,

@@ -33,6 +33,12 @@ pub struct Config {
     pub key_package_max_per_device: u32,
     /// Session lifetime in seconds.
     pub session_ttl_secs: u64,
+    /// Login attempts allowed from one client IP per `login_ip_window_secs`.
+    pub login_max_attempts_per_ip: u32,
+    pub login_ip_window_secs: u64,
+    /// Failed logins after which an account is locked for `login_account_window_secs`.
+    pub login_max_failures_per_account: u32,
+    pub login_account_window_secs: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
 }
@@ -52,6 +58,10 @@ impl Default for Config {
             key_package_low_water: 5,
             key_package_max_per_device: 200,
             session_ttl_secs: 30 * 24 * 3600,
+            login_max_attempts_per_ip: 60,
+            login_ip_window_secs: 60,
+            login_max_failures_per_account: 10,
+            login_account_window_secs: 15 * 60,
             log_filter: "info".to_string(),
         }
     }
@@ -128,6 +138,10 @@ impl Config {
             "key_package_low_water" => self.key_package_low_water = num(value)?,
             "key_package_max_per_device" => self.key_package_max_per_device = num(value)?,
             "session_ttl_secs" => self.session_ttl_secs = num(value)?,
+            "login_max_attempts_per_ip" => self.login_max_attempts_per_ip = num(value)?,
+            "login_ip_window_secs" => self.login_ip_window_secs = num(value)?,
+            "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
+            "login_account_window_secs" => self.login_account_window_secs = num(value)?,
             "log_filter" => self.log_filter = value.to_string(),
             // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
             _ => {}
@@ -167,6 +181,13 @@ key_package_low_water = {low}
 key_package_max_per_device = {kpmax}
 # Session lifetime in seconds.
 session_ttl_secs = {ttl}
+# Login attempts allowed from one client IP per window (then HTTP 429).
+login_max_attempts_per_ip = {ipmax}
+login_ip_window_secs = {ipwin}
+# Failed logins after which an account is locked for the window (HTTP 429,
+# even with the right password, until the window ends).
+login_max_failures_per_account = {accmax}
+login_account_window_secs = {accwin}
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
 "#,
@@ -182,6 +203,10 @@ log_filter = "{log}"
             low = d.key_package_low_water,
             kpmax = d.key_package_max_per_device,
             ttl = d.session_ttl_secs,
+            ipmax = d.login_max_attempts_per_ip,
+            ipwin = d.login_ip_window_secs,
+            accmax = d.login_max_failures_per_account,
+            accwin = d.login_account_window_secs,
             log = d.log_filter,
         )
     }

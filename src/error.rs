@@ -10,6 +10,8 @@ pub struct Error {
     pub code: ErrorCode,
     pub message: String,
     pub detail: Option<String>,
+    /// For 429: seconds until a retry can succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -20,6 +22,7 @@ impl Error {
             code,
             message: message.into(),
             detail: None,
+            retry_after: None,
         }
     }
 
@@ -35,6 +38,15 @@ impl Error {
             "the server failed to handle the request; nothing was changed",
         )
         .with_detail(detail)
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut e = Error::new(
+            ErrorCode::RateLimited,
+            format!("too many login attempts; try again in {retry_after_secs} s"),
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
     }
 
     pub fn unauthenticated() -> Self {

@@ -4,7 +4,9 @@ use crate::accounts::AuthDevice;
 use crate::app::AppState;
 use crate::error::Error;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::{StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -31,11 +33,19 @@ impl IntoResponse for ApiError {
         self.0.log("request");
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.0.retry_after;
         let body = ErrorBody {
             code: self.0.code.as_str().to_string(),
             message: self.0.message,
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        resp
     }
 }
 
@@ -141,9 +151,10 @@ async fn register(
 
 async fn login(
     State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    Ok(Json(s.accounts.login(req).await?))
+    Ok(Json(s.accounts.login(req, peer.ip()).await?))
 }
 
 async fn logout(State(s): State<Arc<AppState>>, Auth(auth, token): Auth) -> ApiResult<StatusCode> {

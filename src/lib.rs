@@ -11,6 +11,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod mls;
+pub mod ratelimit;
 pub mod store;
 pub mod ws;
 

@@ -5,6 +5,7 @@ pub mod common;
 pub mod concurrency;
 pub mod crash;
 pub mod directory;
+pub mod login_limits;
 pub mod restart;
 pub mod rooms;
 pub mod websocket;

@@ -138,6 +138,8 @@ pub enum ErrorCode {
     TxnIdReused,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,
+    /// 429: too many attempts; retry after the `Retry-After` seconds.
+    RateLimited,
     /// 500: something broke on the server; nothing was changed.
     Internal,
     /// 503: the server is shutting down or overloaded; retry.
@@ -145,7 +147,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidMlsMessage,
         ErrorCode::EncryptedHandshake,
@@ -168,6 +170,7 @@ impl ErrorCode {
         ErrorCode::NoKeyPackage,
         ErrorCode::TxnIdReused,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
     ];
@@ -196,6 +199,7 @@ impl ErrorCode {
             ErrorCode::NoKeyPackage => "no_key_package",
             ErrorCode::TxnIdReused => "txn_id_reused",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -222,6 +226,7 @@ impl ErrorCode {
             | ErrorCode::NoKeyPackage
             | ErrorCode::TxnIdReused => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
