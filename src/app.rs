@@ -71,7 +71,8 @@ impl App {
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let delivery_writer = writer.clone();
-        let delivery = DeliveryService::new(store.clone(), hub.clone(), writer);
+        let delivery =
+            DeliveryService::new(store.clone(), hub.clone(), writer, config.room_cache_max);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {

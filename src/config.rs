@@ -23,6 +23,9 @@ pub struct Config {
     pub ws_outbound_queue: usize,
     /// Messages buffered per room for live fan-out before a lagging reader re-reads from disk.
     pub room_broadcast_capacity: usize,
+    /// Most rooms kept in memory (group state, txn-id hashes); idle ones beyond
+    /// it are dropped and reloaded from disk on next use.
+    pub room_cache_max: usize,
     /// Accepted messages waiting for the group-commit writer before senders wait.
     pub write_queue: usize,
     /// Most messages written in one transaction (one fsync) by the group commit.
@@ -53,6 +56,7 @@ impl Default for Config {
             ws_max_frame_bytes: 16 * 1024 * 1024,
             ws_outbound_queue: 1024,
             room_broadcast_capacity: 1024,
+            room_cache_max: 10_000,
             write_queue: 4096,
             write_batch_max: 512,
             key_package_low_water: 5,
@@ -133,6 +137,7 @@ impl Config {
             "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
             "ws_outbound_queue" => self.ws_outbound_queue = num(value)?,
             "room_broadcast_capacity" => self.room_broadcast_capacity = num(value)?,
+            "room_cache_max" => self.room_cache_max = num(value)?,
             "write_queue" => self.write_queue = num(value)?,
             "write_batch_max" => self.write_batch_max = num(value)?,
             "key_package_low_water" => self.key_package_low_water = num(value)?,
@@ -171,6 +176,9 @@ ws_outbound_queue = {queue}
 # Messages buffered per room for live fan-out; a reader that falls further
 # behind re-reads from disk.
 room_broadcast_capacity = {bcast}
+# Most rooms kept in memory (group state, txn-id hashes); idle ones beyond it
+# are dropped and reloaded from disk on next use.
+room_cache_max = {rcache}
 # Accepted messages waiting for the group-commit writer before senders wait.
 write_queue = {wq}
 # Most messages written in one transaction (one fsync) by the group commit.
@@ -198,6 +206,7 @@ log_filter = "{log}"
             ws_frame = d.ws_max_frame_bytes,
             queue = d.ws_outbound_queue,
             bcast = d.room_broadcast_capacity,
+            rcache = d.room_cache_max,
             wq = d.write_queue,
             wb = d.write_batch_max,
             low = d.key_package_low_water,

@@ -18,7 +18,7 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,11 +43,52 @@ struct Room {
     kv: RoomStateKv,
     /// Set when a queued write of this room failed: memory is ahead of disk.
     poisoned: Arc<AtomicBool>,
+    /// Messages queued for the writer and not yet durable: while any are,
+    /// memory is ahead of disk and the room must stay cached.
+    pending: Arc<AtomicUsize>,
     /// Hashes of every (sender device, txn id) of the room, accepted or queued.
     txn_hashes: HashSet<u64>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<Room>>>;
+
+#[derive(Default)]
+struct CachedRoom {
+    slot: RoomSlot,
+    last_used: u64,
+}
+
+/// The rooms held in memory, with a use counter for eviction.
+#[derive(Default)]
+struct RoomCache {
+    map: HashMap<String, CachedRoom>,
+    tick: u64,
+}
+
+impl RoomCache {
+    /// Drop least recently used rooms that nobody is using and that have
+    /// nothing on its way to disk, until at most `keep` remain.
+    fn evict_idle(&mut self, keep: usize) {
+        let mut idle: Vec<(u64, String)> = self
+            .map
+            .iter()
+            .filter(|(_, r)| {
+                Arc::strong_count(&r.slot) == 1
+                    && r.slot.try_lock().is_ok_and(|g| {
+                        g.as_ref()
+                            .is_none_or(|room| room.pending.load(Ordering::Acquire) == 0)
+                    })
+            })
+            .map(|(k, r)| (r.last_used, k.clone()))
+            .collect();
+        idle.sort_unstable();
+        let excess = self.map.len().saturating_sub(keep);
+        for (_, room_id) in idle.into_iter().take(excess) {
+            tracing::debug!(room_id, "room evicted from memory");
+            self.map.remove(&room_id);
+        }
+    }
+}
 
 type InFlightKey = (String, i64, String);
 
@@ -62,7 +103,10 @@ pub struct DeliveryService {
     store: Store,
     hub: Arc<Hub>,
     writer: Writer,
-    rooms: Mutex<HashMap<String, RoomSlot>>,
+    rooms: Mutex<RoomCache>,
+    /// Most rooms kept in memory; idle ones beyond it are dropped (reloaded
+    /// from the store on next use).
+    room_cache_max: usize,
     inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
 }
 
@@ -218,24 +262,32 @@ fn epoch_conflict(current: u64, got: u64) -> Error {
 }
 
 impl DeliveryService {
-    pub fn new(store: Store, hub: Arc<Hub>, writer: Writer) -> Self {
+    pub fn new(store: Store, hub: Arc<Hub>, writer: Writer, room_cache_max: usize) -> Self {
         DeliveryService {
             store,
             hub,
             writer,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(RoomCache::default()),
+            room_cache_max: room_cache_max.max(1),
             inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn slot(&self, room_id: &str) -> RoomSlot {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.entry(room_id.to_string()).or_default().clone()
+        let mut cache = lock(&self.rooms);
+        cache.tick += 1;
+        let tick = cache.tick;
+        let entry = cache.map.entry(room_id.to_string()).or_default();
+        entry.last_used = tick;
+        let slot = entry.slot.clone();
+        if cache.map.len() > self.room_cache_max {
+            cache.evict_idle(self.room_cache_max - self.room_cache_max / 10);
+        }
+        slot
     }
 
     fn forget(&self, room_id: &str) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.remove(room_id);
+        lock(&self.rooms).map.remove(room_id);
     }
 
     async fn load(&self, room_id: &str) -> Result<Option<Room>> {
@@ -265,6 +317,7 @@ impl DeliveryService {
             pg,
             kv,
             poisoned: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicUsize::new(0)),
             txn_hashes,
         }))
     }
@@ -521,7 +574,15 @@ impl DeliveryService {
                 result: result_rx.clone(),
             },
         );
-        let done = self.completion(&append, ack, frame, room.poisoned.clone(), key, result_tx);
+        room.pending.fetch_add(1, Ordering::AcqRel);
+        let done = self.completion(
+            &append,
+            ack,
+            frame,
+            (room.poisoned.clone(), room.pending.clone()),
+            key,
+            result_tx,
+        );
         let validated = started.elapsed();
         if let Err(stopped) = self.writer.submit(Job { append, done }).await {
             room.poisoned.store(true, Ordering::Release);
@@ -550,7 +611,7 @@ impl DeliveryService {
         append: &Append,
         ack: Ack,
         frame: Utf8Bytes,
-        poisoned: Arc<AtomicBool>,
+        (poisoned, pending): (Arc<AtomicBool>, Arc<AtomicUsize>),
         key: InFlightKey,
         result: watch::Sender<Option<Result<Ack, String>>>,
     ) -> Completion {
@@ -604,6 +665,7 @@ impl DeliveryService {
                 }
             }
             lock(&inflight).remove(&key);
+            pending.fetch_sub(1, Ordering::AcqRel);
         })
     }
 

@@ -235,3 +235,66 @@ async fn a_member_can_leave_and_the_others_commit_it() {
     assert_eq!(info[0].member_devices, vec![d.device_id()]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_evicted_from_memory_reload_without_losing_anything() {
+    let dir = tmp();
+    // Only one room fits in memory: every switch evicts the other one.
+    let server = TestServer::start_with(dir.path(), |c| c.room_cache_max = 1).await;
+    let (a, mut others, room1) = room_with(&server, dir.path(), "gil", &["hana"]).await;
+    let h = others.remove(0);
+    let room2 = a.create_room().await.expect("second room");
+    a.invite(&room2, "hana").await.expect("invite");
+    sync_until(&h, |ev| {
+        ev.iter()
+            .any(|e| matches!(e, Event::Joined { room_id } if *room_id == room2))
+    })
+    .await;
+    // Both rooms at once, from both members.
+    let mut tasks = Vec::new();
+    for (client, who) in [(a.clone(), "gil"), (h.clone(), "hana")] {
+        for room in [room1.clone(), room2.clone()] {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..15 {
+                    client
+                        .send_text(&room, &format!("{who} {i}"))
+                        .await
+                        .expect("send");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    for c in [&a, &h] {
+        sync_until(c, |_| true).await;
+        for room in [&room1, &room2] {
+            let got = history_texts(c, room).await;
+            assert_eq!(got.len(), 30, "every message in {room}");
+            for who in ["gil", "hana"] {
+                let mine: Vec<String> =
+                    got.iter().filter(|t| t.starts_with(who)).cloned().collect();
+                assert_eq!(
+                    mine,
+                    (0..15).map(|i| format!("{who} {i}")).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    for room in [&room1, &room2] {
+        let info = a
+            .server_rooms()
+            .await
+            .expect("rooms")
+            .into_iter()
+            .find(|r| r.room_id == *room)
+            .expect("room listed");
+        assert_eq!(
+            info.last_seq, 31,
+            "one invite commit + 30 messages, gap-free"
+        );
+    }
+    server.stop().await;
+}
