@@ -110,6 +110,12 @@ pub struct Accounts {
     store: Store,
     writer: Writer,
     session_ttl_ms: i64,
+    /// A session unused for this long is logged out.
+    session_idle_ms: i64,
+    /// A verified session is re-checked against the store after this long (so
+    /// expiry, idle logout or revocation elsewhere applies within it); the
+    /// check also records the use.
+    session_cache_ms: i64,
     low_water: u32,
     max_per_device: u32,
     /// A real argon2id hash to verify against when the user does not exist,
@@ -126,9 +132,6 @@ pub struct Accounts {
 
 /// Most cached sessions (the cache is cleared when full).
 const SESSION_CACHE_MAX: usize = 100_000;
-/// A cached session is re-checked against the store after this long, so a
-/// session that expires or is revoked elsewhere stops working within it.
-const SESSION_CACHE_MS: i64 = 60_000;
 
 impl Accounts {
     pub async fn new(store: Store, writer: Writer, config: &crate::Config) -> Result<Self> {
@@ -136,6 +139,10 @@ impl Accounts {
             store,
             writer,
             session_ttl_ms: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            session_idle_ms: i64::try_from(config.session_idle_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            session_cache_ms: i64::try_from(config.session_cache_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             low_water: config.key_package_low_water,
             max_per_device: config.key_package_max_per_device,
@@ -296,14 +303,20 @@ impl Accounts {
         {
             return Ok(auth);
         }
-        match self.store.session(&hash, now).await? {
+        match self
+            .store
+            .session(&hash, now, now.saturating_sub(self.session_idle_ms))
+            .await?
+        {
             Some((user_id, device_id)) => {
                 let auth = AuthDevice { user_id, device_id };
-                let mut cache = self.session_cache();
-                if cache.len() >= SESSION_CACHE_MAX {
-                    cache.clear();
+                if self.session_cache_ms > 0 {
+                    let mut cache = self.session_cache();
+                    if cache.len() >= SESSION_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(hash, (auth, now.saturating_add(self.session_cache_ms)));
                 }
-                cache.insert(hash, (auth, now.saturating_add(SESSION_CACHE_MS)));
                 Ok(auth)
             }
             None => Err(Error::unauthenticated()),

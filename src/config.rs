@@ -36,6 +36,11 @@ pub struct Config {
     pub key_package_max_per_device: u32,
     /// Session lifetime in seconds.
     pub session_ttl_secs: u64,
+    /// A session unused for this many seconds is logged out (idle logout).
+    pub session_idle_secs: u64,
+    /// How long a verified session is trusted from memory before it is checked
+    /// (and its use recorded) again; 0 checks every request.
+    pub session_cache_secs: u64,
     /// Login attempts allowed from one client IP per `login_ip_window_secs`.
     pub login_max_attempts_per_ip: u32,
     pub login_ip_window_secs: u64,
@@ -62,6 +67,8 @@ impl Default for Config {
             key_package_low_water: 5,
             key_package_max_per_device: 200,
             session_ttl_secs: 30 * 24 * 3600,
+            session_idle_secs: 8 * 3600,
+            session_cache_secs: 60,
             login_max_attempts_per_ip: 60,
             login_ip_window_secs: 60,
             login_max_failures_per_account: 10,
@@ -143,6 +150,8 @@ impl Config {
             "key_package_low_water" => self.key_package_low_water = num(value)?,
             "key_package_max_per_device" => self.key_package_max_per_device = num(value)?,
             "session_ttl_secs" => self.session_ttl_secs = num(value)?,
+            "session_idle_secs" => self.session_idle_secs = num(value)?,
+            "session_cache_secs" => self.session_cache_secs = num(value)?,
             "login_max_attempts_per_ip" => self.login_max_attempts_per_ip = num(value)?,
             "login_ip_window_secs" => self.login_ip_window_secs = num(value)?,
             "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
@@ -189,6 +198,11 @@ key_package_low_water = {low}
 key_package_max_per_device = {kpmax}
 # Session lifetime in seconds.
 session_ttl_secs = {ttl}
+# A session unused for this many seconds is logged out (idle logout).
+session_idle_secs = {idle}
+# How long a verified session is trusted from memory before it is checked (and
+# its use recorded) again; 0 checks every request.
+session_cache_secs = {scache}
 # Login attempts allowed from one client IP per window (then HTTP 429).
 login_max_attempts_per_ip = {ipmax}
 login_ip_window_secs = {ipwin}
@@ -212,6 +226,8 @@ log_filter = "{log}"
             low = d.key_package_low_water,
             kpmax = d.key_package_max_per_device,
             ttl = d.session_ttl_secs,
+            idle = d.session_idle_secs,
+            scache = d.session_cache_secs,
             ipmax = d.login_max_attempts_per_ip,
             ipwin = d.login_ip_window_secs,
             accmax = d.login_max_failures_per_account,

@@ -267,26 +267,37 @@ impl Store {
         expires_ms: i64,
     ) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms, last_used_ms)
+             VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(token_hash)
         .bind(user_id)
         .bind(device_id)
         .bind(now_ms)
         .bind(expires_ms)
+        .bind(now_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The (user, device) of a live session.
-    pub async fn session(&self, token_hash: &[u8], now_ms: i64) -> StoreResult<Option<(i64, i64)>> {
+    /// The (user, device) of a live session: not expired and used after
+    /// `idle_since_ms`. Marks it used now.
+    pub async fn session(
+        &self,
+        token_hash: &[u8],
+        now_ms: i64,
+        idle_since_ms: i64,
+    ) -> StoreResult<Option<(i64, i64)>> {
         let row = sqlx::query(
-            "SELECT user_id, device_id FROM sessions WHERE token_hash = ? AND expires_ms > ?",
+            "UPDATE sessions SET last_used_ms = ?
+             WHERE token_hash = ? AND expires_ms > ? AND last_used_ms > ?
+             RETURNING user_id, device_id",
         )
+        .bind(now_ms)
         .bind(token_hash)
         .bind(now_ms)
+        .bind(idle_since_ms)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))

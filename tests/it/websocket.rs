@@ -212,3 +212,69 @@ async fn logout_revokes_the_token_at_once() {
     assert_eq!((status, code_of(&body)), (401, "unauthenticated"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_logged_out() {
+    let dir = tmp();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.session_idle_secs = 3600;
+        c.session_cache_secs = 0;
+    })
+    .await;
+    register(&server, "zoe").await;
+    let z1 = login(&server, dir.path(), "zoe", "phone").await;
+    let z2 = login(&server, dir.path(), "zoe", "laptop").await;
+    let rooms = format!("{}/v1/rooms", server.url);
+    for z in [&z1, &z2] {
+        let (status, _) = raw(
+            reqwest::Method::GET,
+            rooms.clone(),
+            Some(&z.testing_token()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // Time passes (simulated in the database, no sleeping): the phone was last
+    // used two hours ago, the laptop thirty minutes ago.
+    let db = rusqlite::Connection::open(server.data_dir.join("tonari.sqlite3")).expect("open db");
+    db.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    for (device, ago_ms) in [(z1.device_id(), 2 * 3_600_000), (z2.device_id(), 1_800_000)] {
+        db.execute(
+            "UPDATE sessions SET last_used_ms = last_used_ms - ?1 WHERE device_id = ?2",
+            rusqlite::params![ago_ms, device],
+        )
+        .expect("age the session");
+    }
+    let (status, body) = raw(
+        reqwest::Method::GET,
+        rooms.clone(),
+        Some(&z1.testing_token()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (401, "unauthenticated"),
+        "idle session logged out"
+    );
+    let (status, _) = raw(
+        reqwest::Method::GET,
+        rooms.clone(),
+        Some(&z2.testing_token()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "a session used within the idle time stays");
+    // ... and that use counted: it is fresh again.
+    let fresh: i64 = db
+        .query_row(
+            "SELECT last_used_ms FROM sessions WHERE device_id = ?1",
+            [z2.device_id()],
+            |r| r.get(0),
+        )
+        .expect("session row");
+    assert!(tonari::accounts::now_ms() - fresh < 60_000);
+    server.stop().await;
+}
