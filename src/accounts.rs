@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use tonari_wire::{
     B64, ClaimedKeyPackage, ClaimedKeyPackages, DeviceInfo, ErrorCode, KeyPackageCount,
-    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, UserDevices,
+    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, TotpEnrollment, UserDevices,
 };
 
 /// The authenticated caller of a request.
@@ -30,6 +30,19 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// RFC 6238 with the usual authenticator-app parameters (SHA-1, 6 digits,
+/// 30 s steps, one step of clock skew either way).
+fn totp(secret: &[u8]) -> Result<totp_rs::Totp> {
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_skew(1)
+        .with_secret(secret.to_vec())
+        .build()
+        .map_err(|e| Error::internal(format!("totp: {e:?}")))
 }
 
 pub fn hash_token(token: &str) -> Vec<u8> {
@@ -219,6 +232,7 @@ impl Accounts {
             }
             return Err(failed());
         }
+        self.check_totp(user.id, req.totp_code.as_deref()).await?;
         self.account_failures.reset(&account);
         if req.signature_key.0.len() != 32 {
             return Err(Error::new(
@@ -334,6 +348,88 @@ impl Accounts {
         .await;
         self.session_cache().remove(&hash);
         self.store.delete_session(&hash).await?;
+        Ok(())
+    }
+
+    /// The second factor, for accounts that turned TOTP on.
+    async fn check_totp(&self, user_id: i64, code: Option<&str>) -> Result<()> {
+        let Some((secret, true)) = self.store.totp(user_id).await? else {
+            return Ok(());
+        };
+        let Some(code) = code else {
+            return Err(Error::new(
+                ErrorCode::TotpRequired,
+                "this account needs its TOTP code (totp_code)",
+            ));
+        };
+        self.use_totp_code(user_id, &secret, code, false).await
+    }
+
+    /// Check a code against `secret` and consume its time step (no replay).
+    async fn use_totp_code(
+        &self,
+        user_id: i64,
+        secret: &[u8],
+        code: &str,
+        enable: bool,
+    ) -> Result<()> {
+        let invalid = || {
+            Error::new(
+                ErrorCode::TotpInvalid,
+                "the TOTP code is wrong, expired or already used",
+            )
+        };
+        let step = totp(secret)?
+            .check_current(code.trim())
+            .ok_or_else(invalid)?;
+        if !self.store.totp_use_step(user_id, step, enable).await? {
+            return Err(invalid());
+        }
+        Ok(())
+    }
+
+    /// Start TOTP enrolment: a fresh secret, active after [`Self::totp_confirm`].
+    pub async fn totp_enroll(&self, auth: AuthDevice) -> Result<TotpEnrollment> {
+        let mut secret = [0u8; 20];
+        rand::rng().fill_bytes(&mut secret);
+        if !self.store.totp_begin(auth.user_id, &secret).await? {
+            return Err(Error::new(
+                ErrorCode::TotpAlreadyEnabled,
+                "TOTP is already on for this account",
+            ));
+        }
+        let username = self
+            .store
+            .device(auth.device_id)
+            .await?
+            .map(|d| d.username)
+            .unwrap_or_default();
+        let secret_base32 = totp_rs::Secret::from(secret.to_vec()).to_base32();
+        Ok(TotpEnrollment {
+            otpauth_uri: format!(
+                "otpauth://totp/Tonari:{username}?secret={secret_base32}&issuer=Tonari&algorithm=SHA1&digits=6&period=30"
+            ),
+            secret_base32,
+        })
+    }
+
+    /// Confirm enrolment with a current code: from now on logins need one.
+    pub async fn totp_confirm(&self, auth: AuthDevice, code: &str) -> Result<()> {
+        let Some((secret, false)) = self.store.totp(auth.user_id).await? else {
+            return Err(Error::new(
+                ErrorCode::TotpInvalid,
+                "no TOTP enrolment is pending for this account (enroll first)",
+            ));
+        };
+        self.use_totp_code(auth.user_id, &secret, code, true)
+            .await?;
+        self.audit(
+            "totp_enabled",
+            Some((auth.user_id, auth.device_id)),
+            format!("user:{}", auth.user_id),
+            json!({}),
+        )
+        .await;
         Ok(())
     }
 

@@ -125,6 +125,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::USER, get(user_devices))
         .route(paths::CLAIM_KEY_PACKAGES, post(claim_key_packages))
         .route(paths::DEVICE, get(device))
+        .route(paths::TOTP_ENROLL, post(totp_enroll))
+        .route(paths::TOTP_CONFIRM, post(totp_confirm))
         .route(paths::ROOMS, post(create_room).get(list_rooms))
         .route(paths::ROOM, get(room_info))
         .route(paths::ROOM_MESSAGES, post(submit).get(history))
@@ -159,6 +161,22 @@ async fn login(
 
 async fn logout(State(s): State<Arc<AppState>>, Auth(auth, token): Auth) -> ApiResult<StatusCode> {
     s.accounts.logout(auth, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn totp_enroll(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+) -> ApiResult<Json<tonari_wire::TotpEnrollment>> {
+    Ok(Json(s.accounts.totp_enroll(auth).await?))
+}
+
+async fn totp_confirm(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    ApiJson(req): ApiJson<tonari_wire::TotpConfirm>,
+) -> ApiResult<StatusCode> {
+    s.accounts.totp_confirm(auth, &req.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

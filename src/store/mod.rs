@@ -311,6 +311,47 @@ impl Store {
         Ok(())
     }
 
+    // ------------------------------------------------------------ TOTP
+
+    /// (secret, enabled) of a user's TOTP, if enrolment started.
+    pub async fn totp(&self, user_id: i64) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        let row = sqlx::query("SELECT secret, enabled FROM totp WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get::<i64, _>(1) != 0)))
+    }
+
+    /// Start (or restart) enrolment; `false` if TOTP is already on.
+    pub async fn totp_begin(&self, user_id: i64, secret: &[u8]) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "INSERT INTO totp (user_id, secret) VALUES (?, ?)
+             ON CONFLICT(user_id) DO UPDATE SET secret = excluded.secret, last_step = -1
+             WHERE totp.enabled = 0",
+        )
+        .bind(user_id)
+        .bind(secret)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Consume a time step (a code) once: `false` if it, or a later one, was
+    /// used already. With `enable`, also turns TOTP on.
+    pub async fn totp_use_step(&self, user_id: i64, step: u64, enable: bool) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE totp SET last_step = ?, enabled = CASE WHEN ? THEN 1 ELSE enabled END
+             WHERE user_id = ? AND last_step < ?",
+        )
+        .bind(to_i64(step))
+        .bind(enable)
+        .bind(user_id)
+        .bind(to_i64(step))
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     // ------------------------------------------------------------ key packages
 
     /// Store key packages; `false` (and nothing stored) if one is a duplicate.

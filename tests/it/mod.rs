@@ -8,4 +8,5 @@ pub mod directory;
 pub mod login_limits;
 pub mod restart;
 pub mod rooms;
+pub mod totp;
 pub mod websocket;

@@ -62,9 +62,21 @@ enum Command {
         /// A label for this device.
         #[arg(long, default_value = "tonari-cli")]
         device_name: String,
+        /// The current code of your authenticator app, if TOTP is on.
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
     },
     /// Revoke this device's session token (keys and history stay on disk).
     Logout,
+    /// Start turning on a TOTP second factor: prints a secret and an
+    /// otpauth:// URI for an authenticator app. Then run `totp-confirm`.
+    TotpEnroll,
+    /// Turn TOTP on with a current code from the authenticator app; from then
+    /// on `login` needs `--totp CODE`.
+    TotpConfirm {
+        /// The 6-digit code shown by the app now.
+        code: String,
+    },
     /// List the rooms of this device with their last processed seq and members.
     Rooms,
     /// Create a new room with only this device in it; prints the room id.
@@ -223,10 +235,19 @@ async fn run(cli: Cli) -> Res<()> {
         Command::Login {
             username,
             device_name,
+            totp,
         } => {
             let dir = g.device_dir(Some(username))?;
             let password = g.password()?;
-            let c = Client::login(&g.server, &dir, username, &password, device_name).await?;
+            let c = Client::login_with_totp(
+                &g.server,
+                &dir,
+                username,
+                &password,
+                device_name,
+                totp.as_deref(),
+            )
+            .await?;
             println!(
                 "logged in as {} (user id {}, device {}); device dir {}",
                 c.username(),
@@ -239,6 +260,18 @@ async fn run(cli: Cli) -> Res<()> {
             let c = g.open()?;
             c.logout().await?;
             println!("logged out");
+        }
+        Command::TotpEnroll => {
+            let c = g.open()?;
+            let e = c.totp_enroll().await?;
+            println!("secret (base32): {}", e.secret_base32);
+            println!("{}", e.otpauth_uri);
+            println!("add it to an authenticator app, then: tonari-cli totp-confirm CODE");
+        }
+        Command::TotpConfirm { code } => {
+            let c = g.open()?;
+            c.totp_confirm(code).await?;
+            println!("TOTP is on: log in with --totp CODE from now on");
         }
         Command::Rooms => {
             let c = g.open()?;

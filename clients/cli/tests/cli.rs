@@ -133,8 +133,20 @@ async fn register_create_invite_send_follow_remove_leave() {
         assert!(!rooms.contains("bob (device"), "bob left: {rooms}");
         // Help exists for every subcommand.
         for sub in [
-            "register", "login", "logout", "rooms", "create", "invite", "send", "follow",
-            "history", "remove", "leave", "sync",
+            "register",
+            "login",
+            "logout",
+            "rooms",
+            "create",
+            "invite",
+            "send",
+            "follow",
+            "history",
+            "remove",
+            "leave",
+            "sync",
+            "totp-enroll",
+            "totp-confirm",
         ] {
             let help = ok(cli(&url2, &alice, &[sub, "--help"]));
             assert!(help.contains("Usage"), "{sub} --help");

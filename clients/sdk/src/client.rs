@@ -233,6 +233,27 @@ impl Client {
         password: &str,
         device_name: &str,
     ) -> Result<Client> {
+        Self::login_with_totp(
+            server_url,
+            device_dir,
+            username,
+            password,
+            device_name,
+            None,
+        )
+        .await
+    }
+
+    /// [`Client::login`] with the current TOTP code, for accounts that turned
+    /// TOTP on (the server answers `totp_required` without it).
+    pub async fn login_with_totp(
+        server_url: &str,
+        device_dir: &Path,
+        username: &str,
+        password: &str,
+        device_name: &str,
+        totp_code: Option<&str>,
+    ) -> Result<Client> {
         let http = Http::new(server_url)?;
         let crypto = RustCrypto::default();
         let conn = store::open_db(device_dir)?;
@@ -277,6 +298,7 @@ impl Client {
             device_id,
             device_name: device_name.clone(),
             signature_key: signer.public().to_vec().into(),
+            totp_code: totp_code.map(str::to_string),
         };
         let resp: LoginResponse = http
             .json(Method::POST, paths::LOGIN, None, Some(&req))
@@ -431,6 +453,24 @@ impl Client {
         lock(&self.inner.token)
             .map(|t| t.is_some())
             .unwrap_or(false)
+    }
+
+    /// Start TOTP enrolment for this account: put the secret (or the
+    /// `otpauth://` URI) into an authenticator app, then [`Client::totp_confirm`].
+    pub async fn totp_enroll(&self) -> Result<tonari_wire::TotpEnrollment> {
+        self.post(paths::TOTP_ENROLL, &serde_json::json!({})).await
+    }
+
+    /// Turn TOTP on with a current code; later logins need a code.
+    pub async fn totp_confirm(&self, code: &str) -> Result<()> {
+        let token = self.token()?;
+        let body = tonari_wire::TotpConfirm {
+            code: code.to_string(),
+        };
+        self.inner
+            .http
+            .empty(Method::POST, paths::TOTP_CONFIRM, Some(&token), Some(&body))
+            .await
     }
 
     pub(crate) fn token(&self) -> Result<String> {

@@ -43,6 +43,10 @@ pub mod paths {
     pub const WELCOMES: &str = "/v1/welcomes";
     /// DELETE `/v1/welcomes/{welcome_id}` → 204 (the device processed it).
     pub const WELCOME: &str = "/v1/welcomes/{welcome_id}";
+    /// POST (authenticated, `{}`) → [`crate::TotpEnrollment`]: start TOTP enrolment.
+    pub const TOTP_ENROLL: &str = "/v1/totp/enroll";
+    /// POST [`crate::TotpConfirm`] → 204: the first valid code turns TOTP on.
+    pub const TOTP_CONFIRM: &str = "/v1/totp/confirm";
     /// GET → WebSocket upgrade (Authorization: Bearer token).
     pub const WS: &str = "/v1/ws";
     /// GET → `ok` (liveness).
@@ -108,6 +112,10 @@ pub enum ErrorCode {
     Unauthenticated,
     /// 401: wrong username or password.
     LoginFailed,
+    /// 401: this account has TOTP on: send `totp_code` with the login.
+    TotpRequired,
+    /// 401: the TOTP code is wrong, expired or already used.
+    TotpInvalid,
     /// 403: the device is not a member of the room, or the MLS sender is not this device.
     NotAMember,
     /// 403: a credential added to the room is not a registered device key of the claimed user.
@@ -136,6 +144,8 @@ pub enum ErrorCode {
     NoKeyPackage,
     /// 409: the transaction id was already used for a different message.
     TxnIdReused,
+    /// 409: TOTP is already on for this account.
+    TotpAlreadyEnabled,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,
     /// 429: too many attempts; retry after the `Retry-After` seconds.
@@ -147,7 +157,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidMlsMessage,
         ErrorCode::EncryptedHandshake,
@@ -155,6 +165,8 @@ impl ErrorCode {
         ErrorCode::InvalidCredentials,
         ErrorCode::Unauthenticated,
         ErrorCode::LoginFailed,
+        ErrorCode::TotpRequired,
+        ErrorCode::TotpInvalid,
         ErrorCode::NotAMember,
         ErrorCode::UnknownDeviceKey,
         ErrorCode::Forbidden,
@@ -169,6 +181,7 @@ impl ErrorCode {
         ErrorCode::UsernameTaken,
         ErrorCode::NoKeyPackage,
         ErrorCode::TxnIdReused,
+        ErrorCode::TotpAlreadyEnabled,
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
@@ -184,6 +197,8 @@ impl ErrorCode {
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::LoginFailed => "login_failed",
+            ErrorCode::TotpRequired => "totp_required",
+            ErrorCode::TotpInvalid => "totp_invalid",
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::UnknownDeviceKey => "unknown_device_key",
             ErrorCode::Forbidden => "forbidden",
@@ -198,6 +213,7 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "username_taken",
             ErrorCode::NoKeyPackage => "no_key_package",
             ErrorCode::TxnIdReused => "txn_id_reused",
+            ErrorCode::TotpAlreadyEnabled => "totp_already_enabled",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -212,7 +228,10 @@ impl ErrorCode {
             | ErrorCode::EncryptedHandshake
             | ErrorCode::WelcomeMismatch
             | ErrorCode::InvalidCredentials => 400,
-            ErrorCode::Unauthenticated | ErrorCode::LoginFailed => 401,
+            ErrorCode::Unauthenticated
+            | ErrorCode::LoginFailed
+            | ErrorCode::TotpRequired
+            | ErrorCode::TotpInvalid => 401,
             ErrorCode::NotAMember | ErrorCode::UnknownDeviceKey | ErrorCode::Forbidden => 403,
             ErrorCode::RoomNotFound
             | ErrorCode::UserNotFound
@@ -224,7 +243,8 @@ impl ErrorCode {
             | ErrorCode::RoomExists
             | ErrorCode::UsernameTaken
             | ErrorCode::NoKeyPackage
-            | ErrorCode::TxnIdReused => 409,
+            | ErrorCode::TxnIdReused
+            | ErrorCode::TotpAlreadyEnabled => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -278,6 +298,28 @@ pub struct LoginRequest {
     pub device_name: String,
     /// The device's Ed25519 signature public key (raw 32 bytes).
     pub signature_key: B64,
+    /// The current TOTP code, for accounts with TOTP on.
+    #[serde(default)]
+    pub totp_code: Option<String>,
+}
+
+/// A TOTP secret to put into an authenticator app (RFC 6238: SHA-1, 6 digits,
+/// 30 s). It is active only after [`TotpConfirm`] with a valid code.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TotpEnrollment {
+    pub secret_base32: String,
+    pub otpauth_uri: String,
+}
+
+impl fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TotpEnrollment(..)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TotpConfirm {
+    pub code: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
