@@ -84,3 +84,37 @@ async fn key_packages_are_claimed_once_and_devices_told_when_low() {
     assert!(!topped.low);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_server_cannot_fully_check_is_refused_by_members() {
+    let dir = tmp();
+    let server = TestServer::start(dir.path()).await;
+    let (f, mut others, room) = room_with(&server, dir.path(), "ike", &["jun"]).await;
+    let g = others.remove(0);
+    register(&server, "kai").await;
+    let _k = login(&server, dir.path(), "kai", "phone").await;
+
+    // A real commit adding a registered device, with its membership tag (the
+    // last bytes, which need epoch secrets to check) altered.
+    let kp = f.testing_claim("kai").await.expect("claim").remove(0).1;
+    let (mut commit, welcome) = f.craft_add_commit_unchecked(&room, &kp).expect("craft");
+    let last = commit.len() - 1;
+    commit[last] ^= 0x01;
+    // The server's checks pass (signature, epoch, tree, directory)...
+    f.testing_submit(&room, "bad-tag", &commit, Some(&welcome))
+        .await
+        .expect("the server cannot see the bad tag");
+    // ...but the member refuses the epoch and marks the room untrusted.
+    let epoch = g.epoch(&room).expect("epoch");
+    let err = g.sync().await.unwrap_err();
+    assert!(matches!(err, SdkError::UntrustedCommit { .. }), "{err}");
+    assert_eq!(g.room(&room).await.expect("room").status, "untrusted");
+    assert_eq!(
+        g.epoch(&room).expect("epoch"),
+        epoch,
+        "the new epoch is not trusted"
+    );
+    let err = g.send_text(&room, "still talking?").await.unwrap_err();
+    assert!(matches!(err, SdkError::RoomNotActive { .. }), "{err}");
+    server.stop().await;
+}

@@ -1543,14 +1543,18 @@ impl Client {
         Ok(())
     }
 
-    /// Apply an envelope in one transaction. MLS failures skip the envelope
-    /// (cursor still advances) with an [`Event::Undecryptable`].
     /// The message at `seq` from the local history, as an event (for
     /// messages another process on this device directory processed).
     pub(crate) fn stored_message_raw(&self, room_id: &str, seq: u64) -> Result<Option<Raw>> {
         self.with_provider(|_, c| stored_message_raw(c, room_id, seq))
     }
 
+    /// Apply an envelope in one transaction. An application message or
+    /// proposal that fails MLS processing is skipped (the cursor still
+    /// advances) with an [`Event::Undecryptable`]. Another member's commit
+    /// that fails MLS verification (e.g. a bad confirmation tag the server
+    /// cannot check) is refused: the room is marked `untrusted`, the cursor
+    /// stays, and [`SdkError::UntrustedCommit`] is returned.
     pub(crate) fn apply_envelope(&self, env: &Envelope, advance: bool) -> Result<Vec<Raw>> {
         let res = self.with_tx(|p, c| {
             if advance {
@@ -1570,6 +1574,17 @@ impl Client {
             Ok(raws)
         });
         match res {
+            Err(SdkError::Mls(reason))
+                if env.kind == MessageKind::Commit
+                    && env.sender_device != self.inner.identity.device_id =>
+            {
+                tracing::warn!(room_id = %env.room_id, seq = env.seq, "refusing a commit that does not verify: {reason}");
+                self.with_provider(|_, c| store::set_status(c, &env.room_id, status::UNTRUSTED))?;
+                Err(SdkError::UntrustedCommit {
+                    room_id: env.room_id.clone(),
+                    seq: env.seq,
+                })
+            }
             Err(SdkError::Mls(reason)) => {
                 tracing::warn!(room_id = %env.room_id, seq = env.seq, "skipping message: {reason}");
                 if advance {

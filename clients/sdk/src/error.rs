@@ -48,6 +48,11 @@ pub enum SdkError {
     /// key. `device_id` is -1 when the identity could not even be parsed.
     #[error("room {room_id}: device {device_id} does not match the directory; refusing it")]
     UntrustedMember { room_id: String, device_id: i64 },
+    /// Another member's commit does not pass MLS verification here (the
+    /// server cannot check everything): the new epoch is refused and the room
+    /// is marked `untrusted`.
+    #[error("room {room_id}: the commit at seq {seq} does not verify; refusing the new epoch")]
+    UntrustedCommit { room_id: String, seq: u64 },
     /// The device directory holds no logged-in device.
     #[error("not logged in")]
     NotLoggedIn,
@@ -97,6 +102,7 @@ impl SdkError {
             SdkError::Mls(_) => "mls".into(),
             SdkError::Storage(_) => "storage".into(),
             SdkError::UntrustedMember { .. } => "untrusted_member".into(),
+            SdkError::UntrustedCommit { .. } => "untrusted_commit".into(),
             SdkError::NotLoggedIn => "not_logged_in".into(),
             SdkError::UnknownRoom(_) => "unknown_room".into(),
             SdkError::RoomNotActive { .. } => "room_not_active".into(),
