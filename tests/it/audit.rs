@@ -60,18 +60,13 @@ async fn security_events_are_chained_and_tampering_is_detected() {
     .await;
     assert_eq!(status, 401);
     let data_dir = server.data_dir.clone();
-    server.stop().await;
+    let entries = server.stop_and_read_audit().await;
     let db = data_dir.join("tonari.sqlite3");
 
     // Intact: verifies, and holds the expected events with ids only.
     let (ok, out) = verify_cli(&db);
     assert!(ok, "intact log verifies: {out}");
     assert!(out.starts_with("audit log OK:"), "{out}");
-    let store = tonari::store::Store::open_sqlite_read_only(&db)
-        .await
-        .expect("open");
-    let entries = store.audit_entries().await.expect("entries");
-    store.close().await;
     let kinds: Vec<&str> = entries.iter().map(|e| e.event.event.as_str()).collect();
     for kind in [
         "user_registered",

@@ -53,6 +53,18 @@ impl TestServer {
         }
     }
 
+    /// Stop, then read the audit log the server left on disk.
+    pub async fn stop_and_read_audit(self) -> Vec<tonari::audit::AuditEntry> {
+        let db = self.data_dir.join("tonari.sqlite3");
+        self.stop().await;
+        let store = tonari::store::Store::open_sqlite_read_only(&db)
+            .await
+            .expect("open the database");
+        let entries = store.audit_entries().await.expect("audit log");
+        store.close().await;
+        entries
+    }
+
     /// Graceful stop; waits until the server has shut down completely.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

@@ -81,13 +81,7 @@ async fn an_account_locks_after_ten_wrong_passwords() {
     // Other accounts are not affected.
     register(&server, "walt").await;
     login(&server, dir.path(), "walt", "phone").await;
-    let data_dir = server.data_dir.clone();
-    server.stop().await;
-    let store = tonari::store::Store::open_sqlite_read_only(&data_dir.join("tonari.sqlite3"))
-        .await
-        .expect("open");
-    let entries = store.audit_entries().await.expect("audit");
-    store.close().await;
+    let entries = server.stop_and_read_audit().await;
     let count = |kind: &str| entries.iter().filter(|e| e.event.event == kind).count();
     assert_eq!((count("login_failed"), count("account_locked")), (10, 1));
 }

@@ -80,13 +80,7 @@ async fn totp_is_required_once_on_and_codes_are_single_use() {
         "a used code is refused: {err}"
     );
 
-    let data_dir = server.data_dir.clone();
-    server.stop().await;
-    let store = tonari::store::Store::open_sqlite_read_only(&data_dir.join("tonari.sqlite3"))
-        .await
-        .expect("open");
-    let entries = store.audit_entries().await.expect("audit");
-    store.close().await;
+    let entries = server.stop_and_read_audit().await;
     assert!(entries.iter().any(|e| e.event.event == "totp_enabled"));
     assert!(
         entries.iter().all(|e| !e.event.details.contains(&secret)),
