@@ -41,6 +41,9 @@ pub struct Config {
     /// How long a verified session is trusted from memory before it is checked
     /// (and its use recorded) again; 0 checks every request.
     pub session_cache_secs: u64,
+    /// Proxies (e.g. the TLS terminator) whose `X-Forwarded-For` is trusted to
+    /// name the real client address (for the per-address login limit).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Login attempts allowed from one client IP per `login_ip_window_secs`.
     pub login_max_attempts_per_ip: u32,
     pub login_ip_window_secs: u64,
@@ -69,6 +72,7 @@ impl Default for Config {
             session_ttl_secs: 30 * 24 * 3600,
             session_idle_secs: 8 * 3600,
             session_cache_secs: 60,
+            trusted_proxies: Vec::new(),
             login_max_attempts_per_ip: 60,
             login_ip_window_secs: 60,
             login_max_failures_per_account: 10,
@@ -152,6 +156,14 @@ impl Config {
             "session_ttl_secs" => self.session_ttl_secs = num(value)?,
             "session_idle_secs" => self.session_idle_secs = num(value)?,
             "session_cache_secs" => self.session_cache_secs = num(value)?,
+            "trusted_proxies" => {
+                self.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.parse().map_err(|_| format!("not an IP address: {v:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
             "login_max_attempts_per_ip" => self.login_max_attempts_per_ip = num(value)?,
             "login_ip_window_secs" => self.login_ip_window_secs = num(value)?,
             "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
@@ -203,6 +215,9 @@ session_idle_secs = {idle}
 # How long a verified session is trusted from memory before it is checked (and
 # its use recorded) again; 0 checks every request.
 session_cache_secs = {scache}
+# Proxies whose X-Forwarded-For names the real client (env: comma-separated),
+# e.g. ["127.0.0.1"] behind a local TLS terminator.
+trusted_proxies = []
 # Login attempts allowed from one client IP per window (then HTTP 429).
 login_max_attempts_per_ip = {ipmax}
 login_ip_window_secs = {ipwin}

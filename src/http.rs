@@ -154,9 +154,31 @@ async fn register(
 async fn login(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    Ok(Json(s.accounts.login(req, peer.ip()).await?))
+    let client = client_address(&s.config.trusted_proxies, peer.ip(), &headers);
+    Ok(Json(s.accounts.login(req, client).await?))
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy,
+/// the last address it appended to `X-Forwarded-For`.
+fn client_address(
+    trusted: &[std::net::IpAddr],
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .next_back()
+        .unwrap_or(peer)
 }
 
 async fn logout(State(s): State<Arc<AppState>>, Auth(auth, token): Auth) -> ApiResult<StatusCode> {

@@ -85,3 +85,53 @@ async fn an_account_locks_after_ten_wrong_passwords() {
     let count = |kind: &str| entries.iter().filter(|e| e.event.event == kind).count();
     assert_eq!((count("login_failed"), count("account_locked")), (10, 1));
 }
+
+/// `n` failed logins claiming to come from `forwarded_for`; their statuses.
+async fn logins_via(url: &str, forwarded_for: &str, n: usize) -> Vec<u16> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let resp = http
+            .post(format!("{url}/v1/login"))
+            .header("x-forwarded-for", format!("203.0.113.9, {forwarded_for}"))
+            .json(&json!({
+                "username": format!("nobody{i}"), "password": "not the password",
+                "device_name": "x", "signature_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            }))
+            .send()
+            .await
+            .expect("login request");
+        out.push(resp.status().as_u16());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_address_has_its_own_limit() {
+    let dir = tmp();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.login_max_attempts_per_ip = 3;
+        c.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    })
+    .await;
+    assert_eq!(
+        logins_via(&server.url, "198.51.100.1", 4).await,
+        [401, 401, 401, 429]
+    );
+    assert_eq!(
+        logins_via(&server.url, "198.51.100.2", 1).await,
+        [401],
+        "another client"
+    );
+    server.stop().await;
+
+    // Without a trusted proxy the header is ignored: one peer, one limit.
+    let dir = tmp();
+    let server = TestServer::start_with(dir.path(), |c| c.login_max_attempts_per_ip = 3).await;
+    assert_eq!(
+        logins_via(&server.url, "198.51.100.1", 3).await,
+        [401, 401, 401]
+    );
+    assert_eq!(logins_via(&server.url, "198.51.100.2", 1).await, [429]);
+    server.stop().await;
+}
