@@ -532,7 +532,7 @@ impl DeliveryService {
             }
         };
         let seq = room.last_seq + 1;
-        let message_room_id = room.id.clone();
+        let audit = membership_audit(auth, &room.id, seq, &accepted);
         let message = StoredMessage {
             room_id: room.id.clone(),
             seq,
@@ -553,7 +553,7 @@ impl DeliveryService {
             state_changes,
             added_devices: accepted.added.clone(),
             removed_devices: accepted.removed.clone(),
-            audit: membership_audit(auth, &message_room_id, seq, &accepted),
+            audit,
             welcome: accepted.welcome.map(|w| (w, accepted.added.clone())),
         };
         // Memory moves ahead of disk now; if the write fails, `poisoned`
