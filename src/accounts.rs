@@ -1,9 +1,11 @@
 //! Accounts, sessions, devices, the directory and key packages.
 
 use crate::audit::AuditEvent;
+use crate::config::Registration;
 use crate::error::{Error, Result};
 use crate::mls;
 use crate::ratelimit::Limiter;
+use crate::store::care::{CreateUserError, NewUser, Profile};
 use crate::store::writer::Writer;
 use crate::store::{DeviceRow, Store};
 use argon2::Argon2;
@@ -14,8 +16,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tonari_wire::{
-    B64, ClaimedKeyPackage, ClaimedKeyPackages, DeviceInfo, ErrorCode, KeyPackageCount,
-    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, TotpEnrollment, UserDevices,
+    B64, ClaimedKeyPackage, ClaimedKeyPackages, DeviceIdentity, DeviceInfo, DirectoryEntry,
+    ErrorCode, KeyPackageCount, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse,
+    Role, TotpEnrollment,
 };
 
 /// The authenticated caller of a request.
@@ -23,6 +26,21 @@ use tonari_wire::{
 pub struct AuthDevice {
     pub user_id: i64,
     pub device_id: i64,
+    pub role: Role,
+    /// The role needs TOTP and the account has none yet: only TOTP
+    /// enrolment and logout are allowed.
+    pub restricted: bool,
+}
+
+impl AuthDevice {
+    /// The identity this device must carry in its MLS credential.
+    pub fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            user_id: self.user_id,
+            device_id: self.device_id,
+            role: self.role,
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -109,11 +127,30 @@ async fn verify_password(password: String, hash: String) -> Result<bool> {
     .map_err(Error::internal)?
 }
 
+/// A directory entry from a profile and its devices.
+pub fn directory_entry(p: Profile, devices: &[DeviceRow]) -> DirectoryEntry {
+    DirectoryEntry {
+        user_id: p.id,
+        display_name: if p.display_name.is_empty() {
+            p.username.clone()
+        } else {
+            p.display_name
+        },
+        username: p.username,
+        role: p.role,
+        org: p.org,
+        network_id: p.network_id,
+        family_of: p.family_of,
+        devices: devices.iter().map(device_info).collect(),
+    }
+}
+
 pub fn device_info(d: &DeviceRow) -> DeviceInfo {
     DeviceInfo {
         device_id: d.id,
         user_id: d.user_id,
         username: d.username.clone(),
+        role: d.role,
         device_name: d.name.clone(),
         signature_key: B64(d.signature_key.clone()),
     }
@@ -141,6 +178,8 @@ pub struct Accounts {
     ip_attempts: Limiter,
     /// Failed logins per account.
     account_failures: Limiter,
+    registration: Registration,
+    totp_required_roles: Vec<Role>,
 }
 
 /// Most cached sessions (the cache is cleared when full).
@@ -158,6 +197,8 @@ impl Accounts {
             session_cache_ms: i64::try_from(config.session_cache_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             low_water: config.key_package_low_water,
+            registration: config.registration,
+            totp_required_roles: config.totp_required_roles.clone(),
             max_per_device: config.key_package_max_per_device,
             dummy_hash: hash_password("tonari-dummy-password".to_string()).await?,
             sessions: Mutex::new(HashMap::new()),
@@ -175,30 +216,84 @@ impl Accounts {
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
         validate_username(&req.username)?;
         validate_password(&req.password)?;
+        let display_name = req.display_name.as_deref().unwrap_or("").trim();
+        if display_name.len() > 128 || display_name.chars().any(char::is_control) {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "display_name must be at most 128 bytes without control characters",
+            ));
+        }
+        let code_hash = req.invitation_code.as_deref().map(|c| hash_token(c.trim()));
+        let role = match (self.registration, &code_hash) {
+            (_, Some(_)) => Role::Doctor, // the invitation decides
+            (Registration::Open, None) => req.role.unwrap_or(Role::Doctor),
+            (Registration::Invitation, None) => {
+                return Err(Error::new(
+                    ErrorCode::InvitationRequired,
+                    "this server registers accounts by invitation only: use the code from your invitation e-mail",
+                ));
+            }
+        };
+        if role == Role::Patient || role == Role::Family {
+            // Open registration cannot make patient or family accounts: they
+            // need a patient link that only an invitation carries.
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "patient and family accounts are created from an invitation",
+            ));
+        }
         let hash = hash_password(req.password).await?;
+        let user = NewUser {
+            username: &req.username,
+            password_hash: &hash,
+            display_name,
+            role,
+            org_id: None,
+            network_id: None,
+            family: None,
+        };
         match self
             .store
-            .create_user(&req.username, &hash, now_ms())
-            .await?
+            .create_user(user, code_hash.as_deref(), now_ms())
+            .await
         {
-            Some(user_id) => {
-                tracing::info!(user_id, "user registered");
+            Ok((user_id, role, invitation)) => {
+                tracing::info!(user_id, role = %role, "user registered");
                 self.audit(
                     "user_registered",
                     None,
                     format!("user:{user_id}"),
-                    json!({}),
+                    json!({ "role": role, "invitation": invitation.as_ref().map(|i| i.id) }),
                 )
                 .await;
+                if let Some(inv) = invitation {
+                    self.audit(
+                        "invitation_accepted",
+                        None,
+                        format!("invitation:{}", inv.id),
+                        json!({ "user": user_id, "inviter": inv.inviter_user, "role": inv.role }),
+                    )
+                    .await;
+                }
                 Ok(RegisterResponse {
                     user_id,
                     username: req.username,
+                    role,
                 })
             }
-            None => Err(Error::new(
+            Err(CreateUserError::UsernameTaken) => Err(Error::new(
                 ErrorCode::UsernameTaken,
                 "that username is taken",
             )),
+            Err(CreateUserError::InvitationInvalid) => Err(Error::new(
+                ErrorCode::InvitationInvalid,
+                "the invitation code is unknown, expired or already used",
+            )),
+            Err(CreateUserError::NetworkIdTaken) => Err(Error::new(
+                ErrorCode::Forbidden,
+                "a patient account for this network id exists already",
+            )),
+            Err(CreateUserError::Store(e)) => Err(e.into()),
         }
     }
 
@@ -302,10 +397,13 @@ impl Accounts {
             json!({}),
         )
         .await;
+        let restricted = self.totp_missing(user.id).await?;
         Ok(LoginResponse {
             token,
             user_id: user.id,
             device_id,
+            role: user.role,
+            totp_enrollment_required: restricted,
         })
     }
 
@@ -323,7 +421,17 @@ impl Accounts {
             .await?
         {
             Some((user_id, device_id)) => {
-                let auth = AuthDevice { user_id, device_id };
+                let (role, _) = self
+                    .store
+                    .role_and_totp(user_id)
+                    .await?
+                    .ok_or_else(Error::unauthenticated)?;
+                let auth = AuthDevice {
+                    user_id,
+                    device_id,
+                    role,
+                    restricted: self.totp_missing(user_id).await?,
+                };
                 if self.session_cache_ms > 0 {
                     let mut cache = self.session_cache();
                     if cache.len() >= SESSION_CACHE_MAX {
@@ -349,6 +457,14 @@ impl Accounts {
         self.session_cache().remove(&hash);
         self.store.delete_session(&hash).await?;
         Ok(())
+    }
+
+    /// The account's role needs TOTP and it is not on yet.
+    async fn totp_missing(&self, user_id: i64) -> Result<bool> {
+        Ok(match self.store.role_and_totp(user_id).await? {
+            Some((role, enabled)) => !enabled && self.totp_required_roles.contains(&role),
+            None => false,
+        })
     }
 
     /// The second factor, for accounts that turned TOTP on.
@@ -423,6 +539,9 @@ impl Accounts {
         };
         self.use_totp_code(auth.user_id, &secret, code, true)
             .await?;
+        // Sessions restricted for lack of TOTP are now full sessions.
+        self.session_cache()
+            .retain(|_, (a, _)| a.user_id != auth.user_id);
         self.audit(
             "totp_enabled",
             Some((auth.user_id, auth.device_id)),
@@ -454,18 +573,15 @@ impl Accounts {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn user_devices(&self, username: &str) -> Result<UserDevices> {
-        let user = self
+    /// The directory entry of a user: who they are and their devices' keys.
+    pub async fn user_devices(&self, username: &str) -> Result<DirectoryEntry> {
+        let profile = self
             .store
-            .user_by_name(username)
+            .profile_by_name(username)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
-        let devices = self.store.devices_of_user(user.id).await?;
-        Ok(UserDevices {
-            user_id: user.id,
-            username: user.username,
-            devices: devices.iter().map(device_info).collect(),
-        })
+        let devices = self.store.devices_of_user(profile.id).await?;
+        Ok(directory_entry(profile, &devices))
     }
 
     pub async fn device(&self, device_id: i64) -> Result<DeviceInfo> {

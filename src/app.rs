@@ -21,6 +21,7 @@ pub struct AppState {
     pub config: Config,
     pub accounts: Accounts,
     pub delivery: DeliveryService,
+    pub care: crate::care::CareService,
     pub hub: Arc<Hub>,
     pub store: Store,
     /// Cancelled when the server shuts down.
@@ -70,6 +71,8 @@ impl App {
         let accounts = Accounts::new(store.clone(), writer.clone(), &config)
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
+        let mailer = crate::mailer::Mailer::new(&config).map_err(AppError::Startup)?;
+        let care = crate::care::CareService::new(store.clone(), writer.clone(), mailer, &config);
         let delivery_writer = writer.clone();
         let delivery =
             DeliveryService::new(store.clone(), hub.clone(), writer, config.room_cache_max);
@@ -84,6 +87,7 @@ impl App {
             config,
             accounts,
             delivery,
+            care,
             hub,
             store,
             shutdown: CancellationToken::new(),

@@ -5,6 +5,17 @@
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use tonari_wire::Role;
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// Only with an invitation code (the default).
+    Invitation,
+    /// Anyone, with the role they ask for: development and tests only.
+    Open,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +61,19 @@ pub struct Config {
     /// Failed logins after which an account is locked for `login_account_window_secs`.
     pub login_max_failures_per_account: u32,
     pub login_account_window_secs: u64,
+    /// Who may create an account: `invitation` or `open` (development only).
+    pub registration: Registration,
+    /// Roles that must have TOTP on before their sessions may do anything else.
+    pub totp_required_roles: Vec<Role>,
+    /// How long an invitation code stays valid, in seconds.
+    pub invitation_ttl_secs: u64,
+    /// The server's public base URL, used in links in e-mails.
+    pub public_url: String,
+    /// SMTP relay for e-mail (`smtp://host:port`, plain SMTP to a local relay);
+    /// empty disables e-mail (invitations then answer 503).
+    pub smtp_url: String,
+    /// The From address of e-mails.
+    pub mail_from: String,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
 }
@@ -77,6 +101,16 @@ impl Default for Config {
             login_ip_window_secs: 60,
             login_max_failures_per_account: 10,
             login_account_window_secs: 15 * 60,
+            registration: Registration::Invitation,
+            totp_required_roles: Role::ALL
+                .iter()
+                .copied()
+                .filter(|r| r.is_professional())
+                .collect(),
+            invitation_ttl_secs: 7 * 24 * 3600,
+            public_url: "http://127.0.0.1:8480".to_string(),
+            smtp_url: String::new(),
+            mail_from: "Tonari <tonari@localhost>".to_string(),
             log_filter: "info".to_string(),
         }
     }
@@ -168,6 +202,25 @@ impl Config {
             "login_ip_window_secs" => self.login_ip_window_secs = num(value)?,
             "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
             "login_account_window_secs" => self.login_account_window_secs = num(value)?,
+            "registration" => {
+                self.registration = match value {
+                    "invitation" => Registration::Invitation,
+                    "open" => Registration::Open,
+                    _ => return Err("expected `invitation` or `open`".to_string()),
+                }
+            }
+            "totp_required_roles" => {
+                self.totp_required_roles = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "invitation_ttl_secs" => self.invitation_ttl_secs = num(value)?,
+            "public_url" => self.public_url = value.to_string(),
+            "smtp_url" => self.smtp_url = value.to_string(),
+            "mail_from" => self.mail_from = value.to_string(),
             "log_filter" => self.log_filter = value.to_string(),
             // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
             _ => {}
@@ -225,9 +278,35 @@ login_ip_window_secs = {ipwin}
 # even with the right password, until the window ends).
 login_max_failures_per_account = {accmax}
 login_account_window_secs = {accwin}
+# Who may create an account: "invitation" (an e-mailed one-time code fixes the
+# role, organisation and patient link) or "open" (anyone, any role: development
+# and tests only, never on a real network).
+registration = "invitation"
+# Roles that must turn on TOTP before their sessions may do anything else
+# (env: comma-separated). Patients and family may turn it on by choice.
+totp_required_roles = [{totp_roles}]
+# How long an invitation code stays valid, in seconds (single use).
+invitation_ttl_secs = {inv_ttl}
+# The server's public base URL, used in links in e-mails.
+public_url = "{public_url}"
+# SMTP relay for e-mail, e.g. "smtp://127.0.0.1:25" (plain SMTP to a local
+# relay such as Postfix, which does TLS onwards). Empty disables e-mail:
+# invitations then answer 503. E-mails never carry clinical content.
+smtp_url = ""
+# The From address of e-mails.
+mail_from = "{mail_from}"
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
 "#,
+            totp_roles = d
+                .totp_required_roles
+                .iter()
+                .map(|r| format!("\"{r}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            inv_ttl = d.invitation_ttl_secs,
+            public_url = d.public_url,
+            mail_from = d.mail_from,
             listen = d.listen,
             data_dir = d.data_dir.display(),
             max_body = d.max_body_bytes,

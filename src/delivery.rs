@@ -11,6 +11,7 @@ use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::fanout::{Delivery, Hub};
 use crate::mls::{self, CIPHERSUITE};
+use crate::policy;
 use crate::store::writer::{Completion, Job, Writer};
 use crate::store::{Append, RoomStateKv, Store, StoredMessage};
 use axum::extract::ws::Utf8Bytes;
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonari_wire::{
-    Ack, B64, CreateRoomRequest, DeviceIdentity, Envelope, ErrorCode, MessageKind, MessagePage,
-    RoomInfo, ServerFrame, SubmitRequest, WelcomeEnvelope,
+    Ack, Action, B64, CreateRoomRequest, Envelope, ErrorCode, Grounds, MessageKind, MessagePage,
+    RoomInfo, RoomSettings, ServerFrame, SubmitRequest, WelcomeEnvelope,
 };
 
 /// Largest history page.
@@ -48,6 +49,10 @@ struct Room {
     pending: Arc<AtomicUsize>,
     /// Hashes of every (sender device, txn id) of the room, accepted or queued.
     txn_hashes: HashSet<u64>,
+    /// Patient and policy, from the group context.
+    settings: RoomSettings,
+    /// Users whose consent was revoked: the next commit must remove them.
+    revoked: HashSet<i64>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<Room>>>;
@@ -128,9 +133,10 @@ fn membership_audit(auth: AuthDevice, room_id: &str, seq: u64, a: &Accepted) -> 
             "epoch_after": a.epoch_after,
             "added_devices": a.added,
             "removed_devices": a.removed,
-            // No room policy yet (care-team rules come later): every valid
-            // commit by a member is allowed.
             "decision": "allowed",
+            "grounds": a.grounds.iter().map(|(device, action, g)| serde_json::json!({
+                "device": device, "action": action, "grounds": g,
+            })).collect::<Vec<_>>(),
         }),
     )]
 }
@@ -214,6 +220,35 @@ struct Accepted {
     added: Vec<i64>,
     removed: Vec<i64>,
     welcome: Option<Vec<u8>>,
+    /// Why each membership change was allowed.
+    grounds: Vec<(i64, Action, Grounds)>,
+}
+
+impl Accepted {
+    fn plain(kind: MessageKind, epoch: u64) -> Accepted {
+        Accepted {
+            kind,
+            epoch,
+            epoch_after: epoch,
+            added: vec![],
+            removed: vec![],
+            welcome: None,
+            grounds: vec![],
+        }
+    }
+}
+
+/// Users whose latest consent in the room is a revocation.
+fn revoked_users(consents: &[crate::store::care::ConsentRow]) -> HashSet<i64> {
+    let mut latest: HashMap<i64, bool> = HashMap::new();
+    for c in consents {
+        latest.insert(c.subject_user, c.granted);
+    }
+    latest
+        .into_iter()
+        .filter(|(_, granted)| !granted)
+        .map(|(user, _)| user)
+        .collect()
 }
 
 pub fn envelope_of(m: &StoredMessage) -> Envelope {
@@ -308,7 +343,11 @@ impl DeliveryService {
         let pg = PublicGroup::load(&kv, &group_id)
             .map_err(Error::internal)?
             .ok_or_else(|| Error::internal("room has no public group state"))?;
+        let settings = policy::room_settings(&pg)?;
+        let revoked = revoked_users(&self.store.consents(room_id).await?);
         Ok(Some(Room {
+            settings,
+            revoked,
             id: row.id,
             group_id,
             epoch: row.epoch,
@@ -363,6 +402,13 @@ impl DeliveryService {
         }
         let device = self.store.device(auth.device_id).await?;
         mls::matches_directory(id, &creator.signature_key, device.as_ref())?;
+        if !auth.role.is_clinical() {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                format!("a {} may not create rooms (clinical roles do)", auth.role),
+            ));
+        }
+        let settings = policy::room_settings(&pg)?;
         let room_id = hex::encode(pg.group_id().as_slice());
         if room_id.is_empty() || room_id.len() > 128 {
             return Err(Error::invalid_mls(
@@ -375,7 +421,14 @@ impl DeliveryService {
         let _ = kv.take_changes();
         if !self
             .store
-            .create_room(&room_id, epoch, auth.device_id, now_ms(), &rows)
+            .create_room(
+                &room_id,
+                epoch,
+                auth.device_id,
+                now_ms(),
+                settings.patient_network_id.as_deref(),
+                &rows,
+            )
             .await?
         {
             return Err(Error::new(
@@ -389,7 +442,10 @@ impl DeliveryService {
                 "room_created",
                 Some((auth.user_id, auth.device_id)),
                 format!("room:{room_id}"),
-                serde_json::json!({ "epoch": epoch }),
+                serde_json::json!({
+                    "epoch": epoch,
+                    "care_room": settings.patient_network_id.is_some(),
+                }),
             ))
             .await;
         Ok(RoomInfo {
@@ -397,7 +453,30 @@ impl DeliveryService {
             epoch,
             last_seq: 0,
             member_devices: vec![auth.device_id],
+            settings,
         })
+    }
+
+    /// A consent (grant or revocation) was recorded for `user_id`.
+    pub async fn note_consent(&self, room_id: &str, user_id: i64, granted: bool) {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        if let Some(room) = guard.as_mut() {
+            if granted {
+                room.revoked.remove(&user_id);
+            } else {
+                room.revoked.insert(user_id);
+            }
+        }
+    }
+
+    /// The settings of a room (the patient may consent without being a member).
+    pub async fn room_settings_any(&self, room_id: &str) -> Result<RoomSettings> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(room_id, &mut guard).await?;
+        let room = guard.as_ref().ok_or_else(room_not_found)?;
+        Ok(room.settings.clone())
     }
 
     pub async fn room_info(&self, auth: AuthDevice, room_id: &str) -> Result<RoomInfo> {
@@ -415,6 +494,7 @@ impl DeliveryService {
             epoch: room.epoch,
             last_seq: room.last_seq,
             member_devices,
+            settings: room.settings.clone(),
         })
     }
 
@@ -520,6 +600,16 @@ impl DeliveryService {
                     .unwrap_or(true)
                 {
                     *guard = None;
+                }
+                if e.code == ErrorCode::PolicyViolation {
+                    self.writer
+                        .audit(AuditEvent::new(
+                            "room_commit_refused",
+                            Some((auth.user_id, auth.device_id)),
+                            format!("room:{room_id}"),
+                            serde_json::json!({ "decision": "refused", "code": e.code.as_str() }),
+                        ))
+                        .await;
                 }
                 return Err(e);
             }
@@ -701,14 +791,7 @@ impl DeliveryService {
                         "only a commit that adds members carries a welcome",
                     ));
                 }
-                Ok(Accepted {
-                    kind: MessageKind::Application,
-                    epoch,
-                    epoch_after: epoch,
-                    added: vec![],
-                    removed: vec![],
-                    welcome: None,
-                })
+                Ok(Accepted::plain(MessageKind::Application, epoch))
             }
             MlsMessageBodyIn::PublicMessage(pm) => {
                 if pm.content_type() == ContentType::Application {
@@ -737,12 +820,7 @@ impl DeliveryService {
                     .pg
                     .leaf(leaf_index)
                     .and_then(|leaf| mls::identity_of(leaf.credential()));
-                if sender_id
-                    != Some(DeviceIdentity {
-                        user_id: auth.user_id,
-                        device_id: auth.device_id,
-                    })
-                {
+                if sender_id != Some(auth.identity()) {
                     return Err(Error::new(
                         ErrorCode::NotAMember,
                         "the MLS sender is not this device",
@@ -752,6 +830,7 @@ impl DeliveryService {
                     .pg
                     .process_message(mls::crypto(), ProtocolMessage::from(pm))
                     .map_err(|e| Error::invalid_mls("the handshake does not verify", e))?;
+                let aad = processed.aad().to_vec();
                 match processed.into_content() {
                     ProcessedMessageContent::ProposalMessage(q) => {
                         if req.welcome.is_some() {
@@ -760,18 +839,11 @@ impl DeliveryService {
                                 "only a commit that adds members carries a welcome",
                             ));
                         }
-                        self.check_proposal(&q).await?;
+                        self.check_proposal(&q, leaf_index).await?;
                         room.pg
                             .add_proposal(&room.kv, *q)
                             .map_err(Error::internal)?;
-                        Ok(Accepted {
-                            kind: MessageKind::Proposal,
-                            epoch,
-                            epoch_after: epoch,
-                            added: vec![],
-                            removed: vec![],
-                            welcome: None,
-                        })
+                        Ok(Accepted::plain(MessageKind::Proposal, epoch))
                     }
                     ProcessedMessageContent::StagedCommitMessage(staged) => {
                         let (added, added_refs) = self.check_commit_adds(&staged).await?;
@@ -792,16 +864,32 @@ impl DeliveryService {
                             let device = self.store.device(id.device_id).await?;
                             mls::matches_directory(id, &key, device.as_ref())?;
                         }
-                        let mut removed = Vec::new();
-                        for r in staged.remove_proposals() {
-                            let idx = r.remove_proposal().removed();
-                            if let Some(id) = room
-                                .pg
-                                .leaf(idx)
-                                .and_then(|l| mls::identity_of(l.credential()))
-                            {
-                                removed.push(id.device_id);
-                            }
+                        let proposed = policy::changes(&room.pg, &staged)?;
+                        let grounds = policy::decide(
+                            &self.store,
+                            &room.id,
+                            &room.settings,
+                            auth.identity(),
+                            &aad,
+                            &proposed,
+                        )
+                        .await?;
+                        let removed: Vec<i64> = proposed
+                            .iter()
+                            .filter(|p| p.action == Action::Remove)
+                            .map(|p| p.target.device_id)
+                            .collect();
+                        // A revoked consent: the commit must take those people out.
+                        if let Some(stays) = room.pg.members().find_map(|m| {
+                            mls::identity_of(&m.credential).filter(|id| {
+                                room.revoked.contains(&id.user_id)
+                                    && !removed.contains(&id.device_id)
+                            })
+                        }) {
+                            return Err(policy::violation(format!(
+                                "the consent for user {} was revoked: this commit must remove their devices",
+                                stays.user_id
+                            )));
                         }
                         let welcome = check_welcome(req.welcome.as_ref(), &added_refs)?;
                         room.pg
@@ -814,6 +902,7 @@ impl DeliveryService {
                             added,
                             removed,
                             welcome,
+                            grounds,
                         })
                     }
                     _ => Err(Error::invalid_mls(
@@ -829,22 +918,19 @@ impl DeliveryService {
         }
     }
 
-    async fn check_proposal(&self, q: &QueuedProposal) -> Result<()> {
+    /// Standalone proposals: a member may ask to leave (remove itself) or
+    /// update its own leaf. Adds and removes of others go in commits, where
+    /// the committer answers for them under the room policy.
+    async fn check_proposal(&self, q: &QueuedProposal, sender: LeafNodeIndex) -> Result<()> {
         match q.proposal() {
-            Proposal::Add(add) => {
-                let (id, key) = mls::leaf_identity(add.key_package().leaf_node())?;
-                let device = self.store.device(id.device_id).await?;
-                mls::matches_directory(id, &key, device.as_ref())
-            }
             Proposal::Update(update) => {
                 let (id, key) = mls::leaf_identity(update.leaf_node())?;
                 let device = self.store.device(id.device_id).await?;
                 mls::matches_directory(id, &key, device.as_ref())
             }
-            Proposal::Remove(_) => Ok(()),
-            _ => Err(Error::new(
-                ErrorCode::Forbidden,
-                "only add, update and remove proposals are allowed",
+            Proposal::Remove(r) if r.removed() == sender => Ok(()),
+            _ => Err(policy::violation(
+                "a standalone proposal may only remove or update the sender itself; add and remove others in a commit",
             )),
         }
     }

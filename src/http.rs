@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tonari_wire::{
     ClaimedKeyPackages, CreateRoomRequest, DeviceInfo, ErrorBody, ErrorCode, KeyPackageCount,
     KeyPackageUpload, LoginRequest, LoginResponse, MessagePage, RegisterRequest, RegisterResponse,
-    RoomInfo, RoomList, ServerFrame, SubmitRequest, UserDevices, WelcomeList, paths,
+    RoomInfo, RoomList, ServerFrame, SubmitRequest, WelcomeList, paths,
 };
 
 /// The HTTP face of [`Error`]: JSON body with a stable code.
@@ -93,8 +93,28 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// An authenticated request: the session's user and device.
+/// An authenticated request: the session's user and device. A session
+/// that still has to enrol TOTP gets 403 `totp_enrollment_required`.
 pub struct Auth(pub AuthDevice, pub String);
+
+/// Any live session, including one that still has to enrol TOTP (for the
+/// TOTP enrolment calls and logout).
+pub struct AnySession(pub AuthDevice, pub String);
+
+async fn session_of(parts: &Parts, state: &AppState) -> Result<(AuthDevice, String), ApiError> {
+    let token = bearer(parts)
+        .ok_or_else(Error::unauthenticated)?
+        .to_string();
+    let device = state.accounts.authenticate(&token).await?;
+    Ok((device, token))
+}
+
+pub fn totp_enrollment_required() -> Error {
+    Error::new(
+        ErrorCode::TotpEnrollmentRequired,
+        "your role requires a second factor: enrol TOTP (/v1/totp/enroll, then /v1/totp/confirm) first",
+    )
+}
 
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
@@ -103,11 +123,23 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(Error::unauthenticated)?
-            .to_string();
-        let device = state.accounts.authenticate(&token).await?;
+        let (device, token) = session_of(parts, state).await?;
+        if device.restricted {
+            return Err(totp_enrollment_required().into());
+        }
         Ok(Auth(device, token))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for AnySession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let (device, token) = session_of(parts, state).await?;
+        Ok(AnySession(device, token))
     }
 }
 
@@ -132,6 +164,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::ROOM_MESSAGES, post(submit).get(history))
         .route(paths::WELCOMES, get(welcomes))
         .route(paths::WELCOME, delete(delete_welcome))
+        .route(paths::DIRECTORY, get(directory))
+        .route(paths::ORGS, post(create_org).get(list_orgs))
+        .route(
+            paths::INVITATIONS,
+            post(create_invitation).get(list_invitations),
+        )
+        .route(paths::ROOM_CONSENTS, post(post_consent).get(list_consents))
         .route(paths::WS, get(crate::ws::upgrade))
         .method_not_allowed_fallback(|| async {
             ApiError(Error::new(
@@ -181,21 +220,24 @@ fn client_address(
         .unwrap_or(peer)
 }
 
-async fn logout(State(s): State<Arc<AppState>>, Auth(auth, token): Auth) -> ApiResult<StatusCode> {
+async fn logout(
+    State(s): State<Arc<AppState>>,
+    AnySession(auth, token): AnySession,
+) -> ApiResult<StatusCode> {
     s.accounts.logout(auth, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn totp_enroll(
     State(s): State<Arc<AppState>>,
-    Auth(auth, _): Auth,
+    AnySession(auth, _): AnySession,
 ) -> ApiResult<Json<tonari_wire::TotpEnrollment>> {
     Ok(Json(s.accounts.totp_enroll(auth).await?))
 }
 
 async fn totp_confirm(
     State(s): State<Arc<AppState>>,
-    Auth(auth, _): Auth,
+    AnySession(auth, _): AnySession,
     ApiJson(req): ApiJson<tonari_wire::TotpConfirm>,
 ) -> ApiResult<StatusCode> {
     s.accounts.totp_confirm(auth, &req.code).await?;
@@ -225,7 +267,7 @@ async fn user_devices(
     State(s): State<Arc<AppState>>,
     Auth(..): Auth,
     Path(username): Path<String>,
-) -> ApiResult<Json<UserDevices>> {
+) -> ApiResult<Json<tonari_wire::DirectoryEntry>> {
     Ok(Json(s.accounts.user_devices(&username).await?))
 }
 
@@ -348,4 +390,102 @@ async fn delete_welcome(
         .map_err(|_| Error::new(ErrorCode::WelcomeNotFound, "no such welcome"))?;
     s.delivery.ack_welcome(auth, welcome_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- care team
+
+#[derive(Deserialize)]
+struct DirectoryQuery {
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    role: Option<tonari_wire::Role>,
+    #[serde(default)]
+    org_id: Option<i64>,
+}
+
+async fn directory(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    query: Result<Query<DirectoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<tonari_wire::DirectoryPage>> {
+    let Query(q) = query.map_err(|_| {
+        Error::new(
+            ErrorCode::InvalidRequest,
+            "query parameters are q=<text>, role=<role> and org_id=<id>",
+        )
+    })?;
+    Ok(Json(s.care.search(auth, q.q, q.role, q.org_id).await?))
+}
+
+async fn create_org(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    ApiJson(req): ApiJson<tonari_wire::CreateOrgRequest>,
+) -> ApiResult<(StatusCode, Json<tonari_wire::OrgInfo>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.care.create_org(auth, req).await?),
+    ))
+}
+
+async fn list_orgs(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+) -> ApiResult<Json<tonari_wire::OrgList>> {
+    Ok(Json(tonari_wire::OrgList {
+        orgs: s.care.orgs(auth).await?,
+    }))
+}
+
+async fn create_invitation(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    ApiJson(req): ApiJson<tonari_wire::CreateInvitation>,
+) -> ApiResult<(StatusCode, Json<tonari_wire::InvitationInfo>)> {
+    if let Some(room_id) = &req.room_id
+        && !s.delivery.is_member(auth.device_id, room_id).await?
+    {
+        return Err(Error::new(
+            ErrorCode::NotAMember,
+            "you can only invite people into rooms you are a member of",
+        )
+        .into());
+    }
+    Ok((StatusCode::CREATED, Json(s.care.invite(auth, req).await?)))
+}
+
+async fn list_invitations(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+) -> ApiResult<Json<tonari_wire::InvitationList>> {
+    Ok(Json(tonari_wire::InvitationList {
+        invitations: s.care.invitations(auth).await?,
+    }))
+}
+
+async fn post_consent(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    Path(room_id): Path<String>,
+    ApiJson(req): ApiJson<tonari_wire::SignedConsent>,
+) -> ApiResult<StatusCode> {
+    let settings = s.delivery.room_settings_any(&room_id).await?;
+    let c = s.care.post_consent(auth, &room_id, &settings, req).await?;
+    s.delivery
+        .note_consent(&room_id, c.subject_user_id, c.granted)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_consents(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<tonari_wire::ConsentList>> {
+    // Members only (this also checks the room exists).
+    s.delivery.room_info(auth, &room_id).await?;
+    Ok(Json(tonari_wire::ConsentList {
+        consents: s.care.consents(&room_id).await?,
+    }))
 }

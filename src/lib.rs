@@ -5,12 +5,15 @@
 pub mod accounts;
 pub mod app;
 pub mod audit;
+pub mod care;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod mailer;
 pub mod mls;
+pub mod policy;
 pub mod ratelimit;
 pub mod store;
 pub mod ws;

@@ -27,6 +27,19 @@ enum Command {
     ConfigExample,
     /// Load the config (file + environment) and print the effective values.
     CheckConfig,
+    /// Create a one-time invitation code for an admin of an organisation
+    /// (created if missing) and print it. Use `--kind operator` for the
+    /// server operator's own admins (they create the other organisations).
+    /// Works next to a running server.
+    AdminInvite {
+        /// The organisation's name.
+        #[arg(long)]
+        org: String,
+        /// clinic, hospital, home_care_agency, pharmacy, dental_clinic,
+        /// care_management_office, municipality or operator.
+        #[arg(long)]
+        kind: tonari_wire::OrgKind,
+    },
     /// The audit log of security events.
     Audit {
         #[command(subcommand)]
@@ -72,22 +85,51 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(config),
+        Command::AdminInvite { org, kind } => admin_invite(&config, &org, kind),
         Command::Audit {
             command: AuditCommand::Verify { database },
         } => audit_verify(database.unwrap_or_else(|| config.database_path())),
     }
 }
 
-fn audit_verify(path: PathBuf) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("tonari: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn admin_invite(config: &Config, org: &str, kind: tonari_wire::OrgKind) -> ExitCode {
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(tonari::care::console_admin_invitation(config, org, kind)) {
+        Ok((org, code, expires_ms)) => {
+            println!(
+                "invitation for an admin of organisation {} ({}, {}):\n  code {code}\n  single use, expires {} UTC\n  register with: tonari-cli register USERNAME --invitation {code}",
+                org.org_id,
+                org.name,
+                org.kind,
+                tonari::mailer::format_utc(expires_ms)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tonari: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_verify(path: PathBuf) -> ExitCode {
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(tonari::audit::verify_database(&path)) {
         Ok(Ok((count, head))) => {

@@ -54,12 +54,12 @@ pub fn leaf_identity(leaf: &LeafNode) -> Result<(DeviceIdentity, Vec<u8>)> {
 /// Check a claimed identity + key against the directory row of that device.
 pub fn matches_directory(id: DeviceIdentity, key: &[u8], device: Option<&DeviceRow>) -> Result<()> {
     match device {
-        Some(d) if d.user_id == id.user_id && d.signature_key == key => Ok(()),
+        Some(d) if d.user_id == id.user_id && d.role == id.role && d.signature_key == key => Ok(()),
         _ => Err(Error::new(
             ErrorCode::UnknownDeviceKey,
             format!(
-                "device {} of user {} with this signature key is not in the directory",
-                id.device_id, id.user_id
+                "device {} of user {} ({}) with this signature key is not in the directory",
+                id.device_id, id.user_id, id.role
             ),
         )),
     }

@@ -4,6 +4,7 @@
 //! `Ok` is on disk (fsync'd), which is what "acknowledged only once durable"
 //! rests on. Every function here is one transaction or one statement.
 
+pub mod care;
 pub mod mls_state;
 pub mod writer;
 
@@ -13,7 +14,7 @@ use sqlx::sqlite::{
 };
 use std::path::Path;
 use std::time::Duration;
-use tonari_wire::MessageKind;
+use tonari_wire::{MessageKind, Role};
 
 pub use mls_state::{RoomStateKv, StateChange};
 
@@ -37,6 +38,7 @@ pub struct UserRow {
     pub id: i64,
     pub username: String,
     pub password_hash: String,
+    pub role: Role,
 }
 
 #[derive(Debug, Clone)]
@@ -44,8 +46,13 @@ pub struct DeviceRow {
     pub id: i64,
     pub user_id: i64,
     pub username: String,
+    pub role: Role,
     pub name: String,
     pub signature_key: Vec<u8>,
+}
+
+pub(crate) fn parse_role(s: &str) -> StoreResult<Role> {
+    Role::parse(s).ok_or(StoreError::Corrupt("unknown role"))
 }
 
 #[derive(Debug, Clone)]
@@ -174,64 +181,48 @@ impl Store {
 
     // ------------------------------------------------------------ accounts
 
-    /// Create a user; `None` when the username is taken.
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<i64>> {
-        let res = sqlx::query(
-            "INSERT INTO users (username, password_hash, created_ms) VALUES (?, ?, ?)
-             ON CONFLICT(username) DO NOTHING",
-        )
-        .bind(username)
-        .bind(password_hash)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(res.last_insert_rowid()))
-    }
-
     pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRow>> {
-        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| UserRow {
-            id: r.get(0),
-            username: r.get(1),
-            password_hash: r.get(2),
-        }))
+        let row =
+            sqlx::query("SELECT id, username, password_hash, role FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(UserRow {
+                id: r.get(0),
+                username: r.get(1),
+                password_hash: r.get(2),
+                role: parse_role(r.get(3))?,
+            })
+        })
+        .transpose()
     }
 
-    fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> DeviceRow {
-        DeviceRow {
+    fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<DeviceRow> {
+        Ok(DeviceRow {
             id: r.get(0),
             user_id: r.get(1),
             username: r.get(2),
-            name: r.get(3),
-            signature_key: r.get(4),
-        }
+            role: parse_role(r.get(3))?,
+            name: r.get(4),
+            signature_key: r.get(5),
+        })
     }
 
     pub async fn device(&self, device_id: i64) -> StoreResult<Option<DeviceRow>> {
-        let row = sqlx::query("SELECT d.id, d.user_id, u.username, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?")
+        let row = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?")
             .bind(device_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(Self::device_from_row))
+        row.as_ref().map(Self::device_from_row).transpose()
     }
 
     pub async fn devices_of_user(&self, user_id: i64) -> StoreResult<Vec<DeviceRow>> {
-        let rows = sqlx::query("SELECT d.id, d.user_id, u.username, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.user_id = ? ORDER BY d.id")
+        let rows = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.user_id = ? ORDER BY d.id")
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(Self::device_from_row).collect())
+        rows.iter().map(Self::device_from_row).collect()
     }
 
     /// Register a device; `None` when the signature key is already registered.
@@ -421,17 +412,19 @@ impl Store {
         epoch: u64,
         creator_device: i64,
         now_ms: i64,
+        patient_network_id: Option<&str>,
         state: &[(String, Vec<u8>)],
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
-            "INSERT INTO rooms (id, epoch, last_seq, creator_device, created_ms) VALUES (?, ?, 0, ?, ?)
+            "INSERT INTO rooms (id, epoch, last_seq, creator_device, created_ms, patient_network_id) VALUES (?, ?, 0, ?, ?, ?)
              ON CONFLICT(id) DO NOTHING",
         )
         .bind(room_id)
         .bind(to_i64(epoch))
         .bind(creator_device)
         .bind(now_ms)
+        .bind(patient_network_id)
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {

@@ -110,9 +110,8 @@ pub fn spawn(
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(32);
-    let head = audit_head(&conn)?;
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let handle = tokio::task::spawn_blocking(move || run(conn, rx, max_batch.max(1), head));
+    let handle = tokio::task::spawn_blocking(move || run(conn, rx, max_batch.max(1)));
     Ok((Writer { tx }, handle))
 }
 
@@ -137,7 +136,7 @@ fn audit_head(conn: &Connection) -> Result<AuditHead, StoreError> {
     })
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mut head: AuditHead) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut audits: Vec<AuditJob> = Vec::new();
     let mut stopping = false;
@@ -167,9 +166,8 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mut 
             }
         }
         let started = std::time::Instant::now();
-        match write_batch(&mut conn, &batch, &audits, head) {
-            Ok((welcome_ids, new_head)) => {
-                head = new_head;
+        match write_batch(&mut conn, &batch, &audits) {
+            Ok(welcome_ids) => {
                 tracing::trace!(
                     jobs = batch.len(),
                     us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -213,8 +211,7 @@ fn write_batch(
     conn: &mut Connection,
     batch: &[Job],
     audits: &[AuditJob],
-    head: AuditHead,
-) -> Result<(Vec<Option<i64>>, AuditHead), StoreError> {
+) -> Result<Vec<Option<i64>>, StoreError> {
     // Per room: (first seq, last seq, epoch after the last one).
     let mut rooms: Vec<(&str, u64, u64, u64)> = Vec::new();
     for job in batch {
@@ -268,11 +265,28 @@ fn write_batch(
     }
     // The audit chain: events of the jobs (membership changes), then the
     // standalone ones, each linked to the one before.
-    let mut head = head;
     let events = batch
         .iter()
         .flat_map(|j| j.append.audit.iter())
         .chain(audits.iter().map(|a| &a.event));
+    append_audit(&tx, events)?;
+    tx.commit()?;
+    Ok(welcome_ids)
+}
+
+/// Chain events onto the audit log inside `tx`. The head is read inside the
+/// (IMMEDIATE) transaction, so another process appending to the same
+/// database (e.g. `tonari admin-invite` next to a running server) keeps the
+/// chain intact.
+pub fn append_audit<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    events: impl Iterator<Item = &'a AuditEvent>,
+) -> Result<(), StoreError> {
+    let mut events = events.peekable();
+    if events.peek().is_none() {
+        return Ok(());
+    }
+    let mut head = audit_head(tx)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit_log (seq, ts_ms, event, actor_user, actor_device, subject, details, prev_hash, hash)
@@ -296,8 +310,7 @@ fn write_batch(
             head = (seq, hash);
         }
     }
-    tx.commit()?;
-    Ok((welcome_ids, head))
+    Ok(())
 }
 
 /// What a message changes besides the log: group state, membership, welcome.

@@ -30,7 +30,21 @@ impl TestServer {
         Self::start_with(dir, |c| c.listen = listen).await
     }
 
+    /// A server for tests that are not about the care-team rules: open
+    /// registration (everyone a doctor unless they ask otherwise) and no
+    /// TOTP requirement. Care-team tests use [`TestServer::start_care`].
     pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_care(dir, |c| {
+            c.registration = tonari::config::Registration::Open;
+            c.totp_required_roles.clear();
+            tweak(c);
+        })
+        .await
+    }
+
+    /// A server with the production defaults (invitation-only registration,
+    /// TOTP required for professionals), changed by `tweak`.
+    pub async fn start_care(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.join("server"),
@@ -223,6 +237,8 @@ impl ServerProcess {
             .env("TONARI_LISTEN", listen)
             .env("TONARI_DATA_DIR", data_dir)
             .env("TONARI_LOG_FILTER", log_filter)
+            .env("TONARI_REGISTRATION", "open")
+            .env("TONARI_TOTP_REQUIRED_ROLES", "")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

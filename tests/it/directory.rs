@@ -3,7 +3,7 @@
 
 use super::common::*;
 use tonari_sdk::SdkError;
-use tonari_wire::{DeviceIdentity, ErrorCode};
+use tonari_wire::ErrorCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_device_key_is_refused_by_server_and_client() {
@@ -16,11 +16,7 @@ async fn unknown_device_key_is_refused_by_server_and_client() {
     let before = f.server_rooms().await.expect("rooms");
 
     // A key package that claims hal's identity with a key the directory does not have.
-    let forged = tonari_sdk::testing::forge_key_package(DeviceIdentity {
-        user_id: h.user_id(),
-        device_id: h.device_id(),
-    })
-    .expect("forge");
+    let forged = tonari_sdk::testing::forge_key_package(h.identity()).expect("forge");
     let (commit, welcome) = f.craft_add_commit_unchecked(&room, &forged).expect("craft");
 
     // Server side: refused, nothing changes.

@@ -36,6 +36,8 @@ async fn register_create_invite_send_follow_remove_leave() {
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: tmp.path().join("server"),
+        registration: tonari::config::Registration::Open,
+        totp_required_roles: Vec::new(),
         ..Config::default()
     };
     let app = App::build(config).await.expect("server");

@@ -13,14 +13,15 @@ use reqwest::Method;
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonari_wire::{
     Ack, ClaimedKeyPackages, CreateRoomRequest, DeviceIdentity, DeviceInfo, Envelope, ErrorCode,
     KeyPackageCount, KeyPackageUpload, LoginRequest, LoginResponse, MessageKind, MessagePage,
-    RegisterRequest, RegisterResponse, RoomInfo, RoomList, SubmitRequest, UserDevices, WelcomeList,
-    paths,
+    RegisterRequest, RegisterResponse, Role, RoomInfo, RoomList, RoomSettings, SubmitRequest,
+    WelcomeList, paths,
 };
 
 /// How many key packages the SDK keeps on the server.
@@ -39,7 +40,12 @@ pub struct Sender {
     pub device_id: i64,
     /// Resolved through the directory; `user<ID>` when it could not be looked up.
     pub username: String,
+    /// The user's role, from the directory (`None` when it could not be looked up).
+    pub role: Option<Role>,
 }
+
+/// (user id, device id) of a sender before the directory lookup.
+pub(crate) type Who = (i64, i64);
 
 /// Something that happened, produced while processing welcomes and room
 /// messages (by [`Client::sync`], a [`crate::Subscription`] or an operation
@@ -56,7 +62,9 @@ pub enum Event {
         content: Content,
         ts_ms: i64,
     },
-    /// A commit added and/or removed members. `by` is the committer.
+    /// A commit added and/or removed members. `by` is the committer;
+    /// `grounds` says, per added/removed device, why the room policy allowed
+    /// it (checked by this client).
     MembersChanged {
         room_id: String,
         seq: u64,
@@ -65,6 +73,7 @@ pub enum Event {
         by: Sender,
         added: Vec<Sender>,
         removed: Vec<Sender>,
+        grounds: Vec<(i64, tonari_wire::Grounds)>,
     },
     /// Another member removed this device from the room (seq of that commit).
     Removed { room_id: String, seq: u64 },
@@ -90,6 +99,15 @@ impl Event {
             | Event::Undecryptable { room_id, .. } => room_id,
         }
     }
+}
+
+/// What a commit changes, for [`Client::check_commit`].
+struct CommitReview {
+    leaves: Vec<(Credential, Vec<u8>)>,
+    actor: Option<DeviceIdentity>,
+    aad: Vec<u8>,
+    changes: Vec<(tonari_wire::Action, DeviceIdentity, bool)>,
+    settings: std::result::Result<RoomSettings, String>,
 }
 
 /// A room as known locally.
@@ -123,7 +141,7 @@ pub(crate) enum Raw {
     Message {
         room_id: String,
         seq: u64,
-        sender: DeviceIdentity,
+        sender: Who,
         content: Content,
         ts_ms: i64,
     },
@@ -134,6 +152,7 @@ pub(crate) enum Raw {
         by: DeviceIdentity,
         added: Vec<DeviceIdentity>,
         removed: Vec<DeviceIdentity>,
+        grounds: Vec<(i64, tonari_wire::Grounds)>,
     },
     Removed {
         room_id: String,
@@ -161,6 +180,8 @@ pub(crate) struct Inner {
     /// Serializes everything that processes envelopes or sends handshakes.
     pub(crate) proc_lock: tokio::sync::Mutex<()>,
     pub(crate) subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    /// The session may only enrol TOTP (the role requires it).
+    pub(crate) totp_pending: AtomicBool,
     #[allow(dead_code)]
     pub(crate) dir: PathBuf,
 }
@@ -213,12 +234,28 @@ impl Client {
         username: &str,
         password: &str,
     ) -> Result<RegisterResponse> {
+        Self::register_with(
+            server_url,
+            &RegisterRequest {
+                username: username.to_string(),
+                password: password.to_string(),
+                invitation_code: None,
+                display_name: None,
+                role: None,
+            },
+        )
+        .await
+    }
+
+    /// Register with every option: an invitation code (required unless the
+    /// server runs open registration), a display name, a role (open
+    /// registration only).
+    pub async fn register_with(
+        server_url: &str,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse> {
         let http = Http::new(server_url)?;
-        let body = RegisterRequest {
-            username: username.to_string(),
-            password: password.to_string(),
-        };
-        http.json(Method::POST, paths::REGISTER, None, Some(&body))
+        http.json(Method::POST, paths::REGISTER, None, Some(req))
             .await
     }
 
@@ -287,6 +324,7 @@ impl Client {
                         device_id: None,
                         token: None,
                         signature_public: signer.public().to_vec(),
+                        role: None,
                     },
                 )?;
                 (signer, None, device_name.to_string())
@@ -320,6 +358,7 @@ impl Client {
                 device_id: Some(resp.device_id),
                 token: Some(resp.token.clone()),
                 signature_public: signer.public().to_vec(),
+                role: Some(resp.role),
             },
         )?;
         let client = Client::from_parts(
@@ -330,12 +369,18 @@ impl Client {
             DeviceIdentity {
                 user_id: resp.user_id,
                 device_id: resp.device_id,
+                role: resp.role,
             },
             signer,
             Some(resp.token),
             device_dir.to_path_buf(),
         );
-        client.top_up_key_packages().await?;
+        if resp.totp_enrollment_required {
+            // Key packages go up once TOTP is confirmed.
+            client.inner.totp_pending.store(true, Ordering::Release);
+        } else {
+            client.top_up_key_packages().await?;
+        }
         Ok(client)
     }
 
@@ -349,7 +394,7 @@ impl Client {
         }
         let conn = store::open_db(device_dir)?;
         let d = store::load_device(&conn)?.ok_or(SdkError::NotLoggedIn)?;
-        let (Some(user_id), Some(device_id)) = (d.user_id, d.device_id) else {
+        let (Some(user_id), Some(device_id), Some(role)) = (d.user_id, d.device_id, d.role) else {
             return Err(SdkError::NotLoggedIn);
         };
         let http = Http::new(&d.server_url)?;
@@ -364,7 +409,11 @@ impl Client {
             crypto,
             http,
             d.username,
-            DeviceIdentity { user_id, device_id },
+            DeviceIdentity {
+                user_id,
+                device_id,
+                role,
+            },
             signer,
             d.token,
             device_dir.to_path_buf(),
@@ -393,6 +442,7 @@ impl Client {
                 token: Mutex::new(token),
                 proc_lock: tokio::sync::Mutex::new(()),
                 subscribers: Mutex::new(Vec::new()),
+                totp_pending: AtomicBool::new(false),
                 dir,
             }),
         }
@@ -461,15 +511,40 @@ impl Client {
         self.post(paths::TOTP_ENROLL, &serde_json::json!({})).await
     }
 
-    /// Turn TOTP on with a current code; later logins need a code.
+    /// Turn TOTP on with a current code; later logins need a code. A
+    /// session that was restricted for lack of TOTP becomes a full one (and
+    /// the device's key packages go up).
     pub async fn totp_confirm(&self, code: &str) -> Result<()> {
-        let token = self.token()?;
         let body = tonari_wire::TotpConfirm {
             code: code.to_string(),
         };
+        self.post_empty(paths::TOTP_CONFIRM, &body).await?;
+        if self.inner.totp_pending.swap(false, Ordering::AcqRel) {
+            self.top_up_key_packages().await?;
+        }
+        Ok(())
+    }
+
+    /// True when the account's role requires TOTP and it is not set up yet:
+    /// only [`Client::totp_enroll`], [`Client::totp_confirm`] and logout work.
+    pub fn needs_totp_enrollment(&self) -> bool {
+        self.inner.totp_pending.load(Ordering::Acquire)
+    }
+
+    /// Sign bytes with this device's MLS signature key (Ed25519).
+    pub(crate) fn sign(&self, payload: &[u8]) -> Result<Vec<u8>> {
+        openmls_traits::signatures::Signer::sign(&self.inner.signer, payload).map_err(SdkError::mls)
+    }
+
+    pub(crate) async fn post_empty<B: serde::Serialize + Sync>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<()> {
+        let token = self.token()?;
         self.inner
             .http
-            .empty(Method::POST, paths::TOTP_CONFIRM, Some(&token), Some(&body))
+            .empty(Method::POST, path, Some(&token), Some(body))
             .await
     }
 
@@ -602,8 +677,8 @@ impl Client {
     }
 
     /// The directory entry of a user and all their devices.
-    pub async fn user_devices(&self, username: &str) -> Result<UserDevices> {
-        let ud: UserDevices = self
+    pub async fn user_devices(&self, username: &str) -> Result<tonari_wire::DirectoryEntry> {
+        let ud: tonari_wire::DirectoryEntry = self
             .get(&paths::fill(paths::USER, &[("username", &seg(username))]))
             .await?;
         for d in &ud.devices {
@@ -641,32 +716,37 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        if info.user_id != id.user_id || info.signature_key.0 != signature_key {
+        if info.user_id != id.user_id
+            || info.role != id.role
+            || info.signature_key.0 != signature_key
+        {
             return Err(untrusted(id.device_id));
         }
         Ok(id)
     }
 
-    async fn sender_of(&self, id: DeviceIdentity) -> Sender {
-        let username = if id == self.inner.identity {
-            self.inner.username.clone()
+    async fn sender_of(&self, (user_id, device_id): Who) -> Sender {
+        let me = self.inner.identity;
+        let (username, role) = if (user_id, device_id) == (me.user_id, me.device_id) {
+            (self.inner.username.clone(), Some(me.role))
         } else {
-            match self.device_info(id.device_id).await {
-                Ok(info) if info.user_id == id.user_id => info.username,
-                _ => format!("user{}", id.user_id),
+            match self.device_info(device_id).await {
+                Ok(info) if info.user_id == user_id => (info.username, Some(info.role)),
+                _ => (format!("user{user_id}"), None),
             }
         };
         Sender {
-            user_id: id.user_id,
-            device_id: id.device_id,
+            user_id,
+            device_id,
             username,
+            role,
         }
     }
 
     async fn senders_of(&self, ids: Vec<DeviceIdentity>) -> Vec<Sender> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            out.push(self.sender_of(id).await);
+            out.push(self.sender_of((id.user_id, id.device_id)).await);
         }
         out
     }
@@ -697,13 +777,15 @@ impl Client {
                     by,
                     added,
                     removed,
+                    grounds,
                 } => Event::MembersChanged {
                     room_id,
                     seq,
                     epoch,
-                    by: self.sender_of(by).await,
+                    by: self.sender_of((by.user_id, by.device_id)).await,
                     added: self.senders_of(added).await,
                     removed: self.senders_of(removed).await,
+                    grounds,
                 },
                 Raw::Removed { room_id, seq } => Event::Removed { room_id, seq },
                 Raw::Left { room_id, seq } => Event::Left { room_id, seq },
@@ -736,6 +818,7 @@ impl Client {
             let mut out = Vec::with_capacity(n);
             for _ in 0..n {
                 let bundle = KeyPackage::builder()
+                    .leaf_node_capabilities(mls::capabilities())
                     .build(CIPHERSUITE, p, &self.inner.signer, cwk.clone())
                     .map_err(SdkError::mls)?;
                 let bytes = MlsMessageOut::from(bundle.key_package().clone())
@@ -759,9 +842,17 @@ impl Client {
 
     // ------------------------------------------------------------ rooms
 
-    /// Create a room (an MLS group with only this device) and register it
-    /// with the server. Returns the room id (hex of the group id).
+    /// Create a team room (professionals only, the default care-team
+    /// policy). Returns the room id (hex of the group id).
     pub async fn create_room(&self) -> Result<String> {
+        self.create_room_with(&RoomSettings::care_room(None)).await
+    }
+
+    /// Create a room (an MLS group with only this device) with these
+    /// settings in its group context (patient network id, policy) and
+    /// register it with the server. Returns the room id.
+    pub async fn create_room_with(&self, settings: &RoomSettings) -> Result<String> {
+        settings.validate().map_err(SdkError::Invalid)?;
         let _g = self.inner.proc_lock.lock().await;
         let gid = self.random(16)?;
         let room_id = hex(&gid);
@@ -770,7 +861,7 @@ impl Client {
             let group = MlsGroup::new_with_group_id(
                 p,
                 &self.inner.signer,
-                &mls::create_config(),
+                &mls::create_config(settings)?,
                 GroupId::from_slice(&gid),
                 cwk,
             )
@@ -862,22 +953,14 @@ impl Client {
         })?;
         let mut out = Vec::with_capacity(rows.len());
         for (seq, user_id, device_id, username, content, ts_ms) in rows {
-            let username = match username {
-                Some(u) => u,
-                None => {
-                    self.sender_of(DeviceIdentity { user_id, device_id })
-                        .await
-                        .username
-                }
-            };
+            let mut sender = self.sender_of((user_id, device_id)).await;
+            if let Some(u) = username {
+                sender.username = u;
+            }
             out.push(StoredMessage {
                 room_id: room_id.to_string(),
                 seq,
-                sender: Sender {
-                    user_id,
-                    device_id,
-                    username,
-                },
+                sender,
                 content: serde_json::from_str(&content).unwrap_or(Content::Unknown),
                 ts_ms,
             });
@@ -1099,6 +1182,9 @@ impl Client {
         if kps.is_empty() {
             return Err(SdkError::NoKeyPackages(username.to_string()));
         }
+        let aad = self
+            .grounds_for(room_id, username, tonari_wire::Action::Add)
+            .await?;
         let ack = self
             .commit_with_retry(room_id, |p, group, signer| {
                 let present: HashSet<DeviceIdentity> =
@@ -1114,7 +1200,7 @@ impl Client {
                 if adds.is_empty() {
                     return Ok(None);
                 }
-                mls::build_commit(p, group, signer, adds, Vec::new()).map(Some)
+                mls::build_commit(p, group, signer, adds, Vec::new(), aad.clone()).map(Some)
             })
             .await?;
         ack.ok_or_else(|| SdkError::Invalid(format!("{username} is already in the room")))
@@ -1126,6 +1212,9 @@ impl Client {
         self.ensure_active(room_id)?;
         let dir = self.user_devices(username).await?;
         self.catch_up_room(room_id).await?;
+        let aad = self
+            .grounds_for(room_id, username, tonari_wire::Action::Remove)
+            .await?;
         let own = self.inner.identity;
         let ack = self
             .commit_with_retry(room_id, |p, group, signer| {
@@ -1140,7 +1229,7 @@ impl Client {
                 if leaves.is_empty() {
                     return Ok(None);
                 }
-                mls::build_commit(p, group, signer, Vec::new(), leaves).map(Some)
+                mls::build_commit(p, group, signer, Vec::new(), leaves, aad.clone()).map(Some)
             })
             .await?;
         ack.ok_or_else(|| SdkError::NotInRoom(username.to_string()))
@@ -1435,11 +1524,29 @@ impl Client {
             if hex(staged.group_context().group_id().as_slice()) != w.room_id {
                 return Err(SdkError::Protocol("welcome is for another room".into()));
             }
-            Ok(staged
-                .members()
-                .map(|m| (m.credential, m.signature_key))
-                .collect::<Vec<_>>())
+            let settings = staged
+                .group_context()
+                .extensions()
+                .unknown(tonari_wire::ROOM_SETTINGS_EXTENSION)
+                .map(|e| RoomSettings::from_bytes(&e.0));
+            Ok((
+                staged
+                    .members()
+                    .map(|m| (m.credential, m.signature_key))
+                    .collect::<Vec<_>>(),
+                settings,
+            ))
         })?;
+        let (members, settings) = members;
+        if let Err(reason) = settings.unwrap_or_else(|| Err("no room settings".into())) {
+            self.with_provider(|_, c| {
+                store::insert_room(c, &w.room_id, w.commit_seq, status::UNTRUSTED)
+            })?;
+            return Err(SdkError::PolicyViolation {
+                room_id: w.room_id.clone(),
+                reason,
+            });
+        }
         // Phase 2: every member must match the directory.
         for (cred, key) in &members {
             if let Err(e) = self.verify_member(&w.room_id, cred, key).await {
@@ -1502,37 +1609,71 @@ impl Client {
 
     /// Process one envelope (in order) and advance the cursor atomically.
     pub(crate) async fn process_envelope(&self, env: &Envelope) -> Result<Vec<Event>> {
-        self.check_commit(&env.room_id, &env.message.0).await?;
-        let raws = self.apply_envelope(env, true)?;
+        let grounds = self.check_commit(&env.room_id, &env.message.0).await?;
+        let mut raws = self.apply_envelope(env, true)?;
+        for raw in &mut raws {
+            if let Raw::MembersChanged { grounds: g, .. } = raw {
+                *g = grounds.clone();
+            }
+        }
         Ok(self.finish(raws).await)
     }
 
-    /// Membership check of a commit before it may be merged: every added
-    /// member, updated leaf and the committer's new leaf must match the
-    /// directory. On failure the room is marked untrusted.
-    pub(crate) async fn check_commit(&self, room_id: &str, bytes: &[u8]) -> Result<()> {
-        let to_check = self.with_rollback(|p, _| {
+    /// Membership and policy check of a commit before it may be merged:
+    /// every added member, updated leaf and the committer's new leaf must
+    /// match the directory, and every add/remove must be allowed by the
+    /// room's policy (with consents verified against the directory). On
+    /// failure the room is marked untrusted. Returns the grounds of each
+    /// membership change.
+    pub(crate) async fn check_commit(
+        &self,
+        room_id: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<(i64, tonari_wire::Grounds)>> {
+        let me = self.inner.identity;
+        let review = self.with_rollback(|p, _| {
             let Ok(msg) = mls::parse_protocol(bytes) else {
-                return Ok(Vec::new());
+                return Ok(None);
             };
             if msg.content_type() != ContentType::Commit {
-                return Ok(Vec::new());
+                return Ok(None);
             }
             let Some(mut group) = mls::load_group_opt(p, room_id)? else {
-                return Ok(Vec::new());
+                return Ok(None);
             };
+            let settings = mls::room_settings(&group);
             match group.process_message(p, msg) {
-                Ok(pm) => match pm.into_content() {
-                    ProcessedMessageContent::StagedCommitMessage(sc) => {
-                        Ok(mls::commit_leaves_to_check(&sc))
-                    }
-                    _ => Ok(Vec::new()),
-                },
+                Ok(pm) => {
+                    let actor = mls::identity_of(pm.credential());
+                    let aad = pm.aad().to_vec();
+                    Ok(match pm.into_content() {
+                        ProcessedMessageContent::StagedCommitMessage(sc) => Some(CommitReview {
+                            leaves: mls::commit_leaves_to_check(&sc),
+                            actor,
+                            aad,
+                            changes: mls::commit_review(&group, &sc),
+                            settings,
+                        }),
+                        ProcessedMessageContent::OwnPendingCommit => {
+                            group.pending_commit().map(|sc| CommitReview {
+                                leaves: Vec::new(),
+                                actor: Some(me),
+                                aad,
+                                changes: mls::commit_review(&group, sc),
+                                settings,
+                            })
+                        }
+                        _ => None,
+                    })
+                }
                 // Reported (and skipped) by the real processing.
-                Err(_) => Ok(Vec::new()),
+                Err(_) => Ok(None),
             }
         })?;
-        for (cred, key) in &to_check {
+        let Some(review) = review else {
+            return Ok(Vec::new());
+        };
+        for (cred, key) in &review.leaves {
             if let Err(e) = self.verify_member(room_id, cred, key).await {
                 if matches!(e, SdkError::UntrustedMember { .. }) {
                     self.with_provider(|_, c| store::set_status(c, room_id, status::UNTRUSTED))?;
@@ -1540,7 +1681,28 @@ impl Client {
                 return Err(e);
             }
         }
-        Ok(())
+        let decided = match (review.settings, review.actor) {
+            (Ok(settings), Some(actor)) => {
+                self.decide_commit(room_id, &settings, actor, &review.aad, &review.changes)
+                    .await?
+            }
+            (Err(reason), _) => Err(reason),
+            (_, None) => Err("the committer has no Tonari identity".to_string()),
+        };
+        match decided {
+            Ok(grounds) => Ok(grounds),
+            Err(reason) => {
+                tracing::warn!(
+                    room_id,
+                    "refusing a commit that breaks the room policy: {reason}"
+                );
+                self.with_provider(|_, c| store::set_status(c, room_id, status::UNTRUSTED))?;
+                Err(SdkError::PolicyViolation {
+                    room_id: room_id.to_string(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// The message at `seq` from the local history, as an event (for
@@ -1639,7 +1801,7 @@ impl Client {
                 out.push(Raw::Message {
                     room_id: room_id.into(),
                     seq: env.seq,
-                    sender,
+                    sender: (sender.user_id, sender.device_id),
                     content,
                     ts_ms: env.ts_ms,
                 });
@@ -1663,7 +1825,7 @@ impl Client {
                     out.push(Raw::Message {
                         room_id: room_id.into(),
                         seq: env.seq,
-                        sender: me,
+                        sender: (me.user_id, me.device_id),
                         content,
                         ts_ms: env.ts_ms,
                     });
@@ -1694,6 +1856,7 @@ impl Client {
                         by,
                         added,
                         removed,
+                        grounds: Vec::new(),
                     });
                 }
                 if self_removed {
@@ -1729,6 +1892,7 @@ impl Client {
                         by: self.inner.identity,
                         added,
                         removed,
+                        grounds: Vec::new(),
                     });
                 }
             }

@@ -53,6 +53,11 @@ pub enum SdkError {
     /// is marked `untrusted`.
     #[error("room {room_id}: the commit at seq {seq} does not verify; refusing the new epoch")]
     UntrustedCommit { room_id: String, seq: u64 },
+    /// A commit breaks the room's policy as this client checks it (who may
+    /// add or remove whom, consent, bots): the epoch is refused and the room
+    /// is marked `untrusted`.
+    #[error("room {room_id}: a commit breaks the room policy: {reason}")]
+    PolicyViolation { room_id: String, reason: String },
     /// The device directory holds no logged-in device.
     #[error("not logged in")]
     NotLoggedIn,
@@ -103,6 +108,7 @@ impl SdkError {
             SdkError::Storage(_) => "storage".into(),
             SdkError::UntrustedMember { .. } => "untrusted_member".into(),
             SdkError::UntrustedCommit { .. } => "untrusted_commit".into(),
+            SdkError::PolicyViolation { .. } => "policy_violation".into(),
             SdkError::NotLoggedIn => "not_logged_in".into(),
             SdkError::UnknownRoom(_) => "unknown_room".into(),
             SdkError::RoomNotActive { .. } => "room_not_active".into(),

@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod care;
 mod client;
 mod content;
 mod error;

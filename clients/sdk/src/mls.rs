@@ -7,7 +7,7 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
-use tonari_wire::DeviceIdentity;
+use tonari_wire::{DeviceIdentity, ROOM_SETTINGS_EXTENSION, RoomSettings};
 
 /// The ciphersuite of every Tonari room.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -20,14 +20,43 @@ fn ratchet_config() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(20, 1000)
 }
 
-pub fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+/// Leaf capabilities of every Tonari device: the defaults plus the room
+/// settings GroupContext extension (members must support every group
+/// context extension).
+pub fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        None,
+        Some(&[ExtensionType::Unknown(ROOM_SETTINGS_EXTENSION)]),
+        None,
+        None,
+    )
+}
+
+/// The room settings a group carries in its context.
+pub fn room_settings(group: &MlsGroup) -> std::result::Result<RoomSettings, String> {
+    let ext = group
+        .extensions()
+        .unknown(ROOM_SETTINGS_EXTENSION)
+        .ok_or_else(|| "the room has no Tonari settings extension".to_string())?;
+    RoomSettings::from_bytes(&ext.0)
+}
+
+pub fn create_config(settings: &RoomSettings) -> Result<MlsGroupCreateConfig> {
+    let ext = Extensions::single(Extension::Unknown(
+        ROOM_SETTINGS_EXTENSION,
+        UnknownExtension(settings.to_bytes()),
+    ))
+    .map_err(SdkError::mls)?;
+    Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
+        .capabilities(capabilities())
+        .with_group_context_extensions(ext)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .sender_ratchet_configuration(ratchet_config())
-        .build()
+        .build())
 }
 
 pub fn join_config() -> MlsGroupJoinConfig {
@@ -109,14 +138,17 @@ pub struct BuiltCommit {
 }
 
 /// Build (and leave pending) a commit adding and/or removing members; pending
-/// proposals in the store are included.
+/// proposals in the store are included. `aad` carries the commit's grounds
+/// (consents), authenticated and readable by the server and every member.
 pub fn build_commit(
     p: &Provider<'_>,
     group: &mut MlsGroup,
     signer: &SignatureKeyPair,
     adds: Vec<KeyPackage>,
     removes: Vec<LeafNodeIndex>,
+    aad: Vec<u8>,
 ) -> Result<BuiltCommit> {
+    group.set_aad(aad);
     let bundle = group
         .commit_builder()
         .propose_adds(adds)
@@ -126,8 +158,9 @@ pub fn build_commit(
         .build(p.crypto, p.crypto, signer, |_| true)
         .map_err(SdkError::mls)?
         .stage_commit(p)
-        .map_err(SdkError::mls)?;
-    let (commit, welcome, _) = bundle.into_messages();
+        .map_err(SdkError::mls);
+    group.set_aad(Vec::new());
+    let (commit, welcome, _) = bundle?.into_messages();
     Ok(BuiltCommit {
         commit: commit.to_bytes().map_err(SdkError::mls)?,
         welcome: welcome
@@ -160,6 +193,28 @@ pub fn commit_leaves_to_check(sc: &StagedCommit) -> Vec<(Credential, Vec<u8>)> {
             leaf.credential().clone(),
             leaf.signature_key().as_slice().to_vec(),
         ));
+    }
+    out
+}
+
+/// The membership changes of a staged commit for the policy check: adds,
+/// and removes with whether the removed device asked for it (a leave).
+pub fn commit_review(
+    group: &MlsGroup,
+    sc: &StagedCommit,
+) -> Vec<(tonari_wire::Action, DeviceIdentity, bool)> {
+    let mut out = Vec::new();
+    for a in sc.add_proposals() {
+        if let Some(id) = identity_of(a.add_proposal().key_package().leaf_node().credential()) {
+            out.push((tonari_wire::Action::Add, id, false));
+        }
+    }
+    for r in sc.remove_proposals() {
+        let idx = r.remove_proposal().removed();
+        if let Some(id) = group.member(idx).and_then(identity_of) {
+            let self_proposed = matches!(r.sender(), Sender::Member(s) if *s == idx);
+            out.push((tonari_wire::Action::Remove, id, self_proposed));
+        }
     }
     out
 }

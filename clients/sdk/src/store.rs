@@ -7,7 +7,6 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
-use tonari_wire::DeviceIdentity;
 
 /// File name of the device database inside the device directory.
 pub const DB_FILE: &str = "tonari.sqlite3";
@@ -70,7 +69,8 @@ CREATE TABLE IF NOT EXISTS tonari_device (
     user_id INTEGER,
     device_id INTEGER,
     token TEXT,
-    signature_public BLOB NOT NULL
+    signature_public BLOB NOT NULL,
+    role TEXT
 );
 CREATE TABLE IF NOT EXISTS tonari_rooms (
     room_id TEXT PRIMARY KEY,
@@ -99,12 +99,14 @@ CREATE TABLE IF NOT EXISTS tonari_outbox (
     epoch INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tonari_outbox_room ON tonari_outbox (room_id, kind, state);
-CREATE TABLE IF NOT EXISTS tonari_directory (
+-- v2: with the role (care-team model).
+CREATE TABLE IF NOT EXISTS tonari_directory_v2 (
     device_id INTEGER PRIMARY KEY,
     user_id INTEGER NOT NULL,
     username TEXT NOT NULL,
     device_name TEXT NOT NULL,
-    signature_key BLOB NOT NULL
+    signature_key BLOB NOT NULL,
+    role TEXT NOT NULL
 );
 ";
 
@@ -129,6 +131,13 @@ pub fn open_db(dir: &Path) -> Result<Connection> {
             .map_err(|e| SdkError::Storage(format!("migrations: {e}")))?;
     }
     conn.execute_batch(SCHEMA)?;
+    // Device directories from before roles: add the role column.
+    if conn
+        .prepare("SELECT role FROM tonari_device LIMIT 0")
+        .is_err()
+    {
+        conn.execute_batch("ALTER TABLE tonari_device ADD COLUMN role TEXT")?;
+    }
     Ok(conn)
 }
 
@@ -142,12 +151,14 @@ pub struct DeviceRow {
     pub device_id: Option<i64>,
     pub token: Option<String>,
     pub signature_public: Vec<u8>,
+    /// The account's role (known after the first login).
+    pub role: Option<tonari_wire::Role>,
 }
 
 pub fn load_device(conn: &Connection) -> Result<Option<DeviceRow>> {
     Ok(conn
         .query_row(
-            "SELECT server_url, username, device_name, user_id, device_id, token, signature_public
+            "SELECT server_url, username, device_name, user_id, device_id, token, signature_public, role
              FROM tonari_device WHERE id = 1",
             [],
             |r| {
@@ -159,6 +170,9 @@ pub fn load_device(conn: &Connection) -> Result<Option<DeviceRow>> {
                     device_id: r.get(4)?,
                     token: r.get(5)?,
                     signature_public: r.get(6)?,
+                    role: r
+                        .get::<_, Option<String>>(7)?
+                        .and_then(|s| tonari_wire::Role::parse(&s)),
                 })
             },
         )
@@ -167,10 +181,10 @@ pub fn load_device(conn: &Connection) -> Result<Option<DeviceRow>> {
 
 pub fn save_device(conn: &Connection, d: &DeviceRow) -> Result<()> {
     conn.execute(
-        "INSERT INTO tonari_device (id, server_url, username, device_name, user_id, device_id, token, signature_public)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO tonari_device (id, server_url, username, device_name, user_id, device_id, token, signature_public, role)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(id) DO UPDATE SET server_url = ?1, username = ?2, device_name = ?3,
-            user_id = ?4, device_id = ?5, token = ?6, signature_public = ?7",
+            user_id = ?4, device_id = ?5, token = ?6, signature_public = ?7, role = ?8",
         params![
             d.server_url,
             d.username,
@@ -178,7 +192,8 @@ pub fn save_device(conn: &Connection, d: &DeviceRow) -> Result<()> {
             d.user_id,
             d.device_id,
             d.token,
-            d.signature_public
+            d.signature_public,
+            d.role.map(|r| r.as_str())
         ],
     )?;
     Ok(())
@@ -296,21 +311,14 @@ pub fn message_at(
     conn: &Connection,
     room_id: &str,
     seq: u64,
-) -> Result<Option<(DeviceIdentity, String, i64)>> {
+) -> Result<Option<(crate::client::Who, String, i64)>> {
     let mut stmt = conn.prepare(
         "SELECT sender_user_id, sender_device_id, content, ts_ms FROM tonari_messages
          WHERE room_id = ?1 AND seq = ?2",
     )?;
     let mut rows = stmt.query(params![room_id, seq as i64])?;
     match rows.next()? {
-        Some(r) => Ok(Some((
-            DeviceIdentity {
-                user_id: r.get(0)?,
-                device_id: r.get(1)?,
-            },
-            r.get(2)?,
-            r.get(3)?,
-        ))),
+        Some(r) => Ok(Some(((r.get(0)?, r.get(1)?), r.get(2)?, r.get(3)?))),
         None => Ok(None),
     }
 }
@@ -321,7 +329,7 @@ pub type MessageRow = (u64, i64, i64, Option<String>, String, i64);
 pub fn messages(conn: &Connection, room_id: &str) -> Result<Vec<MessageRow>> {
     let mut stmt = conn.prepare(
         "SELECT m.seq, m.sender_user_id, m.sender_device_id, d.username, m.content, m.ts_ms
-         FROM tonari_messages m LEFT JOIN tonari_directory d ON d.device_id = m.sender_device_id
+         FROM tonari_messages m LEFT JOIN tonari_directory_v2 d ON d.device_id = m.sender_device_id
          WHERE m.room_id = ?1 ORDER BY m.seq",
     )?;
     let rows = stmt.query_map(params![room_id], |r| {
@@ -443,9 +451,16 @@ pub fn outbox_by_message(
 
 pub fn cache_device(conn: &Connection, d: &tonari_wire::DeviceInfo) -> Result<()> {
     conn.execute(
-        "INSERT OR REPLACE INTO tonari_directory (device_id, user_id, username, device_name, signature_key)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![d.device_id, d.user_id, d.username, d.device_name, d.signature_key.0],
+        "INSERT OR REPLACE INTO tonari_directory_v2 (device_id, user_id, username, device_name, signature_key, role)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            d.device_id,
+            d.user_id,
+            d.username,
+            d.device_name,
+            d.signature_key.0,
+            d.role.as_str()
+        ],
     )?;
     Ok(())
 }
@@ -453,17 +468,30 @@ pub fn cache_device(conn: &Connection, d: &tonari_wire::DeviceInfo) -> Result<()
 pub fn cached_device(conn: &Connection, device_id: i64) -> Result<Option<tonari_wire::DeviceInfo>> {
     Ok(conn
         .query_row(
-            "SELECT device_id, user_id, username, device_name, signature_key FROM tonari_directory WHERE device_id = ?1",
+            "SELECT device_id, user_id, username, device_name, signature_key, role FROM tonari_directory_v2 WHERE device_id = ?1",
             params![device_id],
             |r| {
-                Ok(tonari_wire::DeviceInfo {
-                    device_id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    username: r.get(2)?,
-                    device_name: r.get(3)?,
-                    signature_key: tonari_wire::B64(r.get(4)?),
-                })
+                let (device_id, user_id, username, device_name, key, role): (
+                    i64,
+                    i64,
+                    String,
+                    String,
+                    Vec<u8>,
+                    String,
+                ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
+                // An unknown role (newer server) is simply not cached.
+                Ok(
+                    tonari_wire::Role::parse(&role).map(|role| tonari_wire::DeviceInfo {
+                        device_id,
+                        user_id,
+                        username,
+                        role,
+                        device_name,
+                        signature_key: tonari_wire::B64(key),
+                    }),
+                )
             },
         )
-        .optional()?)
+        .optional()?
+        .flatten())
 }

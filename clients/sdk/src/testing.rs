@@ -65,7 +65,8 @@ impl Client {
         self.with_tx(|p, _| {
             let kp = mls::parse_key_package(p.crypto, key_package)?;
             let mut group = mls::load_group(p, room_id)?;
-            let built = mls::build_commit(p, &mut group, &self.inner.signer, vec![kp], vec![])?;
+            let built =
+                mls::build_commit(p, &mut group, &self.inner.signer, vec![kp], vec![], vec![])?;
             let welcome = built
                 .welcome
                 .ok_or_else(|| SdkError::Mls("no welcome".into()))?;
@@ -119,6 +120,7 @@ pub fn forge_key_package(identity: DeviceIdentity) -> Result<Vec<u8>> {
         signature_key: signer.public().to_vec().into(),
     };
     let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(mls::capabilities())
         .build(CIPHERSUITE, &p, &signer, cwk)
         .map_err(SdkError::mls)?;
     MlsMessageOut::from(bundle.key_package().clone())

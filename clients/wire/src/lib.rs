@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod care;
+pub use care::{
+    Action, Change, CommitGrounds, Consent, ConsentList, CreateInvitation, CreateOrgRequest,
+    DirectoryEntry, DirectoryPage, FamilyLink, Grounds, InvitationInfo, InvitationList, OrgInfo,
+    OrgKind, OrgList, Party, PolicyRule, ROOM_SETTINGS_EXTENSION, Role, RoomPolicy, RoomSettings,
+    SignedConsent, check_consent_parties,
+};
+
 /// The MLS ciphersuite every Tonari room uses (RFC 9420 ciphersuite 0x0001).
 pub const CIPHERSUITE_ID: u16 = 0x0001;
 
@@ -24,7 +32,7 @@ pub mod paths {
     pub const LOGOUT: &str = "/v1/logout";
     /// POST [`crate::KeyPackageUpload`] → [`crate::KeyPackageCount`]; GET → [`crate::KeyPackageCount`].
     pub const OWN_KEY_PACKAGES: &str = "/v1/devices/me/key_packages";
-    /// GET `/v1/users/{username}` → [`crate::UserDevices`] (the directory).
+    /// GET `/v1/users/{username}` → [`crate::DirectoryEntry`] (the directory).
     pub const USER: &str = "/v1/users/{username}";
     /// POST `/v1/users/{username}/key_packages/claim` → [`crate::ClaimedKeyPackages`].
     pub const CLAIM_KEY_PACKAGES: &str = "/v1/users/{username}/key_packages/claim";
@@ -47,6 +55,16 @@ pub mod paths {
     pub const TOTP_ENROLL: &str = "/v1/totp/enroll";
     /// POST [`crate::TotpConfirm`] → 204: the first valid code turns TOTP on.
     pub const TOTP_CONFIRM: &str = "/v1/totp/confirm";
+    /// GET `?q=&role=&org_id=` → [`crate::DirectoryPage`]: search the directory.
+    pub const DIRECTORY: &str = "/v1/directory";
+    /// POST [`crate::CreateOrgRequest`] → [`crate::OrgInfo`] (operator admins); GET → [`crate::OrgList`].
+    pub const ORGS: &str = "/v1/orgs";
+    /// POST [`crate::CreateInvitation`] → [`crate::InvitationInfo`] (sends the e-mail);
+    /// GET → [`crate::InvitationList`] (the caller's invitations).
+    pub const INVITATIONS: &str = "/v1/invitations";
+    /// POST [`crate::SignedConsent`] → 204 (the patient or a legal proxy);
+    /// GET → [`crate::ConsentList`] (members).
+    pub const ROOM_CONSENTS: &str = "/v1/rooms/{room_id}/consents";
     /// GET → WebSocket upgrade (Authorization: Bearer token).
     pub const WS: &str = "/v1/ws";
     /// GET → `ok` (liveness).
@@ -120,8 +138,22 @@ pub enum ErrorCode {
     NotAMember,
     /// 403: a credential added to the room is not a registered device key of the claimed user.
     UnknownDeviceKey,
-    /// 403: the message was refused by the room's rules.
+    /// 403: the action is not allowed for this account.
     Forbidden,
+    /// 403: the commit breaks the room's policy (who may add or remove whom, consent, bots).
+    PolicyViolation,
+    /// 403: this account's role requires TOTP: enrol (`/v1/totp/enroll`, `/v1/totp/confirm`) first.
+    TotpEnrollmentRequired,
+    /// 403: registration needs an invitation code.
+    InvitationRequired,
+    /// 400: the invitation code is unknown, expired or already used.
+    InvitationInvalid,
+    /// 400: the consent does not verify or its signer may not consent for this patient.
+    ConsentInvalid,
+    /// 400: the room settings (GroupContext extension) are missing or invalid.
+    InvalidRoomSettings,
+    /// 404: no such organisation.
+    OrgNotFound,
     /// 404: no such room.
     RoomNotFound,
     /// 404: no such user.
@@ -157,7 +189,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidMlsMessage,
         ErrorCode::EncryptedHandshake,
@@ -170,6 +202,13 @@ impl ErrorCode {
         ErrorCode::NotAMember,
         ErrorCode::UnknownDeviceKey,
         ErrorCode::Forbidden,
+        ErrorCode::PolicyViolation,
+        ErrorCode::TotpEnrollmentRequired,
+        ErrorCode::InvitationRequired,
+        ErrorCode::InvitationInvalid,
+        ErrorCode::ConsentInvalid,
+        ErrorCode::InvalidRoomSettings,
+        ErrorCode::OrgNotFound,
         ErrorCode::RoomNotFound,
         ErrorCode::UserNotFound,
         ErrorCode::DeviceNotFound,
@@ -202,6 +241,13 @@ impl ErrorCode {
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::UnknownDeviceKey => "unknown_device_key",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::PolicyViolation => "policy_violation",
+            ErrorCode::TotpEnrollmentRequired => "totp_enrollment_required",
+            ErrorCode::InvitationRequired => "invitation_required",
+            ErrorCode::InvitationInvalid => "invitation_invalid",
+            ErrorCode::ConsentInvalid => "consent_invalid",
+            ErrorCode::InvalidRoomSettings => "invalid_room_settings",
+            ErrorCode::OrgNotFound => "org_not_found",
             ErrorCode::RoomNotFound => "room_not_found",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::DeviceNotFound => "device_not_found",
@@ -227,16 +273,25 @@ impl ErrorCode {
             | ErrorCode::InvalidMlsMessage
             | ErrorCode::EncryptedHandshake
             | ErrorCode::WelcomeMismatch
-            | ErrorCode::InvalidCredentials => 400,
+            | ErrorCode::InvalidCredentials
+            | ErrorCode::InvitationInvalid
+            | ErrorCode::ConsentInvalid
+            | ErrorCode::InvalidRoomSettings => 400,
             ErrorCode::Unauthenticated
             | ErrorCode::LoginFailed
             | ErrorCode::TotpRequired
             | ErrorCode::TotpInvalid => 401,
-            ErrorCode::NotAMember | ErrorCode::UnknownDeviceKey | ErrorCode::Forbidden => 403,
+            ErrorCode::NotAMember
+            | ErrorCode::UnknownDeviceKey
+            | ErrorCode::Forbidden
+            | ErrorCode::PolicyViolation
+            | ErrorCode::TotpEnrollmentRequired
+            | ErrorCode::InvitationRequired => 403,
             ErrorCode::RoomNotFound
             | ErrorCode::UserNotFound
             | ErrorCode::DeviceNotFound
             | ErrorCode::WelcomeNotFound
+            | ErrorCode::OrgNotFound
             | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::EpochConflict
@@ -278,12 +333,24 @@ pub struct ErrorBody {
 pub struct RegisterRequest {
     pub username: String,
     pub password: String,
+    /// The one-time code from an invitation e-mail; it fixes the role,
+    /// organisation and patient link. Required unless the server runs with
+    /// open registration.
+    #[serde(default)]
+    pub invitation_code: Option<String>,
+    /// The name others see (default: the username).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Open registration only (development): the role to take (default doctor).
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub user_id: i64,
     pub username: String,
+    pub role: Role,
 }
 
 /// A login registers (or re-attaches) a device with its Ed25519 signature key.
@@ -327,6 +394,13 @@ pub struct LoginResponse {
     pub token: String,
     pub user_id: i64,
     pub device_id: i64,
+    /// The account's role; the device puts it into its MLS credential.
+    pub role: Role,
+    /// The role requires TOTP and the account has none yet: this session may
+    /// only enrol and confirm TOTP (everything else answers 403
+    /// `totp_enrollment_required`).
+    #[serde(default)]
+    pub totp_enrollment_required: bool,
 }
 
 /// A device as the directory shows it.
@@ -335,15 +409,9 @@ pub struct DeviceInfo {
     pub device_id: i64,
     pub user_id: i64,
     pub username: String,
+    pub role: Role,
     pub device_name: String,
     pub signature_key: B64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserDevices {
-    pub user_id: i64,
-    pub username: String,
-    pub devices: Vec<DeviceInfo>,
 }
 
 // ---------------------------------------------------------------- key packages
@@ -396,6 +464,8 @@ pub struct RoomInfo {
     pub last_seq: u64,
     /// Device ids that are members now.
     pub member_devices: Vec<i64>,
+    /// The room's settings from its GroupContext (patient, policy).
+    pub settings: RoomSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -551,16 +621,18 @@ pub mod close_codes {
 // ---------------------------------------------------------------- identity
 
 /// The identity a Tonari device puts in its MLS BasicCredential:
-/// `tonari:<user_id>:<device_id>` (UTF-8).
+/// `tonari:<user_id>:<device_id>:<role>` (UTF-8). Server and clients check
+/// all three against the directory before trusting a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceIdentity {
     pub user_id: i64,
     pub device_id: i64,
+    pub role: Role,
 }
 
 impl DeviceIdentity {
     pub fn to_bytes(self) -> Vec<u8> {
-        format!("tonari:{}:{}", self.user_id, self.device_id).into_bytes()
+        format!("tonari:{}:{}:{}", self.user_id, self.device_id, self.role).into_bytes()
     }
 
     pub fn parse(bytes: &[u8]) -> Option<DeviceIdentity> {
@@ -571,10 +643,15 @@ impl DeviceIdentity {
         }
         let user_id = parts.next()?.parse().ok()?;
         let device_id = parts.next()?.parse().ok()?;
+        let role = Role::parse(parts.next()?)?;
         if parts.next().is_some() {
             return None;
         }
-        Some(DeviceIdentity { user_id, device_id })
+        Some(DeviceIdentity {
+            user_id,
+            device_id,
+            role,
+        })
     }
 }
 
@@ -587,12 +664,16 @@ mod tests {
         let id = DeviceIdentity {
             user_id: 7,
             device_id: 42,
+            role: Role::CareManager,
         };
+        assert_eq!(id.to_bytes(), b"tonari:7:42:care_manager");
         assert_eq!(DeviceIdentity::parse(&id.to_bytes()), Some(id));
         for bad in [
             &b"tonari:1"[..],
-            b"x:1:2",
-            b"tonari:1:2:3",
+            b"x:1:2:nurse",
+            b"tonari:1:2",
+            b"tonari:1:2:surgeon",
+            b"tonari:1:2:nurse:3",
             b"tonari:a:2",
             b"\xff",
         ] {
