@@ -30,6 +30,16 @@ fn forbidden(message: impl Into<String>) -> Error {
     Error::new(ErrorCode::Forbidden, message)
 }
 
+/// "a nurse", "an admin".
+fn a(role: Role) -> String {
+    let article = if role.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {role}")
+}
+
 fn invitation_info(row: InvitationRow, now: i64) -> InvitationInfo {
     let status = if row.used_by.is_some() {
         "accepted"
@@ -138,6 +148,13 @@ impl CareService {
         let operator = self.is_operator(auth).await?;
         let target = req.role;
         let nid = req.patient_network_id.as_deref();
+        if !auth.role.is_professional() && !(auth.role == Role::Patient && target == Role::Family) {
+            return Err(forbidden(format!(
+                "{} may not invite {}",
+                a(auth.role),
+                a(target)
+            )));
+        }
         if !target.is_professional() && req.org_id.is_some() {
             return Err(Error::new(
                 ErrorCode::InvalidRequest,
@@ -164,8 +181,9 @@ impl CareService {
                 let may = auth.role.is_clinical() || (own_patient && target == Role::Family);
                 if !may {
                     return Err(forbidden(format!(
-                        "a {} may not invite a {target}",
-                        auth.role
+                        "{} may not invite {}",
+                        a(auth.role),
+                        a(target)
                     )));
                 }
                 if target == Role::Family {
@@ -230,8 +248,10 @@ impl CareService {
                 };
                 if !may {
                     return Err(forbidden(format!(
-                        "a {} may not invite a {target} to organisation {}",
-                        auth.role, org.org_id
+                        "{} may not invite {} to organisation {}",
+                        a(auth.role),
+                        a(target),
+                        org.org_id
                     )));
                 }
                 Ok(Some(org.org_id))

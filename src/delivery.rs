@@ -405,7 +405,10 @@ impl DeliveryService {
         if !auth.role.is_clinical() {
             return Err(Error::new(
                 ErrorCode::Forbidden,
-                format!("a {} may not create rooms (clinical roles do)", auth.role),
+                format!(
+                    "the {} role may not create rooms (clinical roles do)",
+                    auth.role
+                ),
             ));
         }
         let settings = policy::room_settings(&pg)?;

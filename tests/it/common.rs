@@ -319,3 +319,127 @@ pub async fn ws_connect(
         .expect("ws connects")
         .0
 }
+
+// ---------------------------------------------------------------- e-mail
+
+/// One e-mail the sink received.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub subject: String,
+    /// The message as it came over SMTP (headers and encoded body).
+    pub raw: String,
+    /// The decoded plain-text body.
+    pub text: String,
+}
+
+impl Mail {
+    /// The one-time code in the mail (the first 32-hex-digit word).
+    pub fn code(&self) -> String {
+        self.text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .find(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+            .expect("a code in the mail")
+            .to_string()
+    }
+}
+
+/// A real SMTP server (Python aiosmtpd, tests/support/smtp_sink.py) on a
+/// free port; each received message arrives on a channel.
+pub struct SmtpSink {
+    pub url: String,
+    mails: tokio::sync::mpsc::UnboundedReceiver<Mail>,
+    _child: tokio::process::Child,
+    _reader: JoinHandle<()>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the SMTP sink (python3 with aiosmtpd: pip install -r tests/support/requirements.txt)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("sink starts")
+            .expect("read")
+            .expect("the sink printed its port (is aiosmtpd installed?)");
+        let port = first
+            .strip_prefix("LISTENING ")
+            .expect("LISTENING line")
+            .trim()
+            .to_string();
+        let (tx, mails) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("sink json");
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                let mail = Mail {
+                    to: v["to"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    subject: s("subject"),
+                    raw: s("data"),
+                    text: s("text"),
+                };
+                if tx.send(mail).is_err() {
+                    break;
+                }
+            }
+        });
+        SmtpSink {
+            url: format!("smtp://127.0.0.1:{port}"),
+            mails,
+            _child: child,
+            _reader: reader,
+        }
+    }
+
+    /// The next mail (awaited, with the test timeout).
+    pub async fn next_mail(&mut self) -> Mail {
+        tokio::time::timeout(WAIT, self.mails.recv())
+            .await
+            .expect("an e-mail arrives")
+            .expect("sink running")
+    }
+
+    /// True when no mail is waiting right now.
+    pub fn is_empty(&mut self) -> bool {
+        self.mails.try_recv().is_err()
+    }
+}
+
+// ---------------------------------------------------------------- TOTP
+
+/// The code an authenticator app shows for `secret` at `offset_secs` from now.
+pub fn totp_code(secret_base32: &str, offset_secs: u64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(totp_rs::Secret::try_from_base32(secret_base32).expect("base32"))
+        .build()
+        .expect("totp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    totp.generate(now + offset_secs).to_string()
+}
+
+/// A code that is certainly wrong for the same moment.
+pub fn wrong_code(code: &str) -> String {
+    let n: u32 = code.parse().expect("digits");
+    format!("{:06}", (n + 500_000) % 1_000_000)
+}

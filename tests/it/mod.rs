@@ -1,6 +1,7 @@
 pub mod audit;
 pub mod bad_input;
 pub mod canary;
+pub mod care;
 pub mod common;
 pub mod concurrency;
 pub mod crash;

@@ -1127,7 +1127,11 @@ impl Client {
     }
 
     /// Claim and verify key packages of all devices of `username`.
-    async fn claim_verified(&self, room_id: &str, username: &str) -> Result<Vec<KeyPackage>> {
+    pub(crate) async fn claim_verified(
+        &self,
+        room_id: &str,
+        username: &str,
+    ) -> Result<Vec<KeyPackage>> {
         let dir = self.user_devices(username).await?;
         let claimed: ClaimedKeyPackages = self
             .post(
@@ -1630,6 +1634,17 @@ impl Client {
         room_id: &str,
         bytes: &[u8],
     ) -> Result<Vec<(i64, tonari_wire::Grounds)>> {
+        self.check_commit_with(room_id, bytes, true).await
+    }
+
+    /// [`Client::check_commit`]; `mark` says whether a refusal marks the
+    /// room untrusted (tests review commits without freezing the room).
+    pub(crate) async fn check_commit_with(
+        &self,
+        room_id: &str,
+        bytes: &[u8],
+        mark: bool,
+    ) -> Result<Vec<(i64, tonari_wire::Grounds)>> {
         let me = self.inner.identity;
         let review = self.with_rollback(|p, _| {
             let Ok(msg) = mls::parse_protocol(bytes) else {
@@ -1675,7 +1690,7 @@ impl Client {
         };
         for (cred, key) in &review.leaves {
             if let Err(e) = self.verify_member(room_id, cred, key).await {
-                if matches!(e, SdkError::UntrustedMember { .. }) {
+                if mark && matches!(e, SdkError::UntrustedMember { .. }) {
                     self.with_provider(|_, c| store::set_status(c, room_id, status::UNTRUSTED))?;
                 }
                 return Err(e);
@@ -1696,7 +1711,9 @@ impl Client {
                     room_id,
                     "refusing a commit that breaks the room policy: {reason}"
                 );
-                self.with_provider(|_, c| store::set_status(c, room_id, status::UNTRUSTED))?;
+                if mark {
+                    self.with_provider(|_, c| store::set_status(c, room_id, status::UNTRUSTED))?;
+                }
                 Err(SdkError::PolicyViolation {
                     room_id: room_id.to_string(),
                     reason,

@@ -93,4 +93,61 @@ impl Client {
         };
         self.post(paths::OWN_KEY_PACKAGES, &req).await
     }
+
+    /// Build (and leave pending, not submitted) the commit this device would
+    /// make to add and/or remove all devices of these users, with the same
+    /// grounds (consents) as [`Client::invite`] / [`Client::remove`] but
+    /// WITHOUT any local policy check. Returns (commit, welcome).
+    #[doc(hidden)]
+    pub async fn testing_craft_commit(
+        &self,
+        room_id: &str,
+        add: Option<&str>,
+        remove: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let _g = self.inner.proc_lock.lock().await;
+        self.catch_up_room(room_id).await?;
+        let mut aad = Vec::new();
+        let mut kps = Vec::new();
+        if let Some(u) = add {
+            kps = self.claim_verified(room_id, u).await?;
+            aad = self
+                .grounds_for(room_id, u, tonari_wire::Action::Add)
+                .await?;
+        }
+        let mut remove_user = None;
+        if let Some(u) = remove {
+            remove_user = Some(self.user_devices(u).await?.user_id);
+            aad = self
+                .grounds_for(room_id, u, tonari_wire::Action::Remove)
+                .await?;
+        }
+        let me = self.identity();
+        self.with_tx(|p, _| {
+            let mut group = mls::load_group(p, room_id)?;
+            let leaves = group
+                .members()
+                .filter(|m| {
+                    mls::identity_of(&m.credential)
+                        .is_some_and(|id| Some(id.user_id) == remove_user && id != me)
+                })
+                .map(|m| m.index)
+                .collect();
+            let built = mls::build_commit(p, &mut group, &self.inner.signer, kps, leaves, aad)?;
+            Ok((built.commit, built.welcome))
+        })
+    }
+
+    /// Run this client's membership and policy check on a commit for the
+    /// room's current epoch, without applying it or marking the room
+    /// untrusted: the grounds of each change, or the refusal.
+    #[doc(hidden)]
+    pub async fn testing_review_commit(
+        &self,
+        room_id: &str,
+        commit: &[u8],
+    ) -> Result<Vec<(i64, tonari_wire::Grounds)>> {
+        let _g = self.inner.proc_lock.lock().await;
+        self.check_commit_with(room_id, commit, false).await
+    }
 }
