@@ -148,7 +148,8 @@ impl CareService {
         let operator = self.is_operator(auth).await?;
         let target = req.role;
         let nid = req.patient_network_id.as_deref();
-        if !auth.role.is_professional() && !(auth.role == Role::Patient && target == Role::Family) {
+        let patient_for_family = auth.role == Role::Patient && target == Role::Family;
+        if !(auth.role.is_professional() || patient_for_family) {
             return Err(forbidden(format!(
                 "{} may not invite {}",
                 a(auth.role),
