@@ -190,6 +190,7 @@ async fn invitations_are_mailed_single_use_and_carry_no_patient_data() {
     w.nurse.invite_by_email(&req).await.expect("invite");
     let mail = w.sink.next_mail().await;
     let code = mail.code();
+    assert!(mail.subject.contains("Tonari"), "{}", mail.subject);
     assert!(
         mail.text
             .contains("https://tonari.example/#/register?code=")
