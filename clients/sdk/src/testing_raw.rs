@@ -132,7 +132,17 @@ impl Client {
                         .is_some_and(|id| Some(id.user_id) == remove_user && id != me)
                 })
                 .map(|m| m.index)
-                .collect();
+                .collect::<Vec<_>>();
+            if let Some(u) = remove
+                && leaves.is_empty()
+            {
+                return Err(SdkError::NotInRoom(u.to_string()));
+            }
+            if let Some(u) = add
+                && kps.is_empty()
+            {
+                return Err(SdkError::NoKeyPackages(u.to_string()));
+            }
             let built = mls::build_commit(p, &mut group, &self.inner.signer, kps, leaves, aad)?;
             Ok((built.commit, built.welcome))
         })
