@@ -263,6 +263,7 @@ impl CareService {
     /// Create an invitation and e-mail its one-time code. If the e-mail
     /// cannot be sent, the invitation is taken back (503).
     pub async fn invite(&self, auth: AuthDevice, req: CreateInvitation) -> Result<InvitationInfo> {
+        self.mailer.check_configured()?;
         let to = parse_address(&req.email)?;
         let org_id = self.check_invitation(auth, &req).await?;
         let code = new_code();

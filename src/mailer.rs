@@ -72,14 +72,26 @@ impl Mailer {
         })
     }
 
+    fn not_configured() -> Error {
+        Error::new(
+            ErrorCode::Unavailable,
+            "e-mail is not set up on this server (smtp_url), so invitations cannot be sent",
+        )
+    }
+
+    /// 503 when the server has no SMTP relay configured.
+    pub fn check_configured(&self) -> Result<()> {
+        match self.transport {
+            Some(_) => Ok(()),
+            None => Err(Self::not_configured()),
+        }
+    }
+
     /// The invitation e-mail: the code, its expiry and where to use it.
     /// Nothing about the patient or the care room.
     pub async fn send_invitation(&self, to: Mailbox, code: &str, expires_ms: i64) -> Result<()> {
         let Some(transport) = &self.transport else {
-            return Err(Error::new(
-                ErrorCode::Unavailable,
-                "e-mail is not set up on this server (smtp_url), so invitations cannot be sent",
-            ));
+            return Err(Self::not_configured());
         };
         let expires = format_utc(expires_ms);
         let url = &self.public_url;

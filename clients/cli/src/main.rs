@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tonari_sdk::{Client, Event, SdkError, Sender};
+use tonari_wire::{CreateInvitation, OrgKind, Role, RoomSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,10 +50,21 @@ struct Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new account on the server (does not log in).
+    /// Create a new account on the server (does not log in). On a server
+    /// that registers by invitation, give the code from your invitation
+    /// e-mail: it decides your role, organisation and patient link.
     Register {
         /// The new username.
         username: String,
+        /// The one-time code from the invitation e-mail.
+        #[arg(long, value_name = "CODE")]
+        invitation: Option<String>,
+        /// The name others see (default: the username).
+        #[arg(long, value_name = "NAME")]
+        display_name: Option<String>,
+        /// Open-registration servers only (development): the role to take.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<Role>,
     },
     /// Log in and register this device (or re-attach the device stored in the
     /// device directory). Uploads key packages.
@@ -80,7 +92,89 @@ enum Command {
     /// List the rooms of this device with their last processed seq and members.
     Rooms,
     /// Create a new room with only this device in it; prints the room id.
-    Create,
+    /// With --patient it is the care room of that patient (family and the
+    /// patient join only with the patient's consent); without, a team room.
+    Create {
+        /// The patient's network id (the region's shared EHR id).
+        #[arg(long, value_name = "NETWORK_ID")]
+        patient: Option<String>,
+        /// Do not allow bots in the room.
+        #[arg(long)]
+        no_bots: bool,
+    },
+    /// Show a room's patient and policy (who may add and remove whom).
+    Policy {
+        /// Room id (hex).
+        room: String,
+    },
+    /// Create an organisation (admins of the server operator).
+    OrgCreate {
+        /// The organisation's name.
+        name: String,
+        /// clinic, hospital, home_care_agency, pharmacy, dental_clinic,
+        /// care_management_office or municipality.
+        #[arg(long)]
+        kind: OrgKind,
+    },
+    /// List the organisations.
+    Orgs,
+    /// Invite someone by e-mail: the server mails them a one-time code (no
+    /// clinical content, no patient name).
+    InviteEmail {
+        /// Their e-mail address.
+        email: String,
+        /// doctor, nurse, care_manager, pharmacist, dentist, therapist,
+        /// emergency, admin, patient or family.
+        #[arg(long)]
+        role: Role,
+        /// The organisation they join (professionals; default: yours).
+        #[arg(long, value_name = "ORG_ID")]
+        org: Option<i64>,
+        /// Patient and family: the patient's network id.
+        #[arg(long, value_name = "NETWORK_ID")]
+        patient: Option<String>,
+        /// Family: how they are related to the patient (e.g. daughter).
+        #[arg(long)]
+        relationship: Option<String>,
+        /// Family: they may consent on the patient's behalf.
+        #[arg(long)]
+        legal_proxy: bool,
+        /// A room they join once registered (run `invitations --complete`).
+        #[arg(long, value_name = "ROOM")]
+        room: Option<String>,
+    },
+    /// List the invitations you sent; --complete adds accepted invitees to
+    /// the rooms they were invited to (once they have a device).
+    Invitations {
+        #[arg(long)]
+        complete: bool,
+    },
+    /// Search the directory by name, role and organisation.
+    Directory {
+        /// Text to look for in usernames and display names.
+        query: Option<String>,
+        #[arg(long)]
+        role: Option<Role>,
+        #[arg(long, value_name = "ORG_ID")]
+        org: Option<i64>,
+    },
+    /// As the patient (or a legal proxy): consent that USER may be in ROOM,
+    /// signed with this device's key; --revoke withdraws it and removes them
+    /// (when this device is in the room).
+    Consent {
+        /// Room id (hex).
+        room: String,
+        /// The family member (or the patient) the consent is about.
+        #[arg(value_name = "USER")]
+        username: String,
+        /// Withdraw the consent.
+        #[arg(long)]
+        revoke: bool,
+        /// The patient's network id (default: yours, or that of the patient
+        /// you are a legal proxy for).
+        #[arg(long, value_name = "NETWORK_ID")]
+        patient: Option<String>,
+    },
     /// Add every device of USER to ROOM (one commit, with a Welcome).
     Invite {
         /// Room id (hex).
@@ -227,10 +321,25 @@ impl Global {
 async fn run(cli: Cli) -> Res<()> {
     let g = &cli.global;
     match &cli.command {
-        Command::Register { username } => {
+        Command::Register {
+            username,
+            invitation,
+            display_name,
+            role,
+        } => {
             let password = g.password()?;
-            let r = Client::register(&g.server, username, &password).await?;
-            println!("registered {} (user id {})", r.username, r.user_id);
+            let req = tonari_wire::RegisterRequest {
+                username: username.clone(),
+                password,
+                invitation_code: invitation.clone(),
+                display_name: display_name.clone(),
+                role: *role,
+            };
+            let r = Client::register_with(&g.server, &req).await?;
+            println!(
+                "registered {} (user id {}, role {})",
+                r.username, r.user_id, r.role
+            );
         }
         Command::Login {
             username,
@@ -249,12 +358,18 @@ async fn run(cli: Cli) -> Res<()> {
             )
             .await?;
             println!(
-                "logged in as {} (user id {}, device {}); device dir {}",
+                "logged in as {} ({}, user id {}, device {}); device dir {}",
                 c.username(),
+                c.identity().role,
                 c.user_id(),
                 c.device_id(),
                 dir.display()
             );
+            if c.needs_totp_enrollment() {
+                println!(
+                    "your role requires a second factor: run `tonari-cli totp-enroll`, then `tonari-cli totp-confirm CODE`"
+                );
+            }
         }
         Command::Logout => {
             let c = g.open()?;
@@ -290,10 +405,157 @@ async fn run(cli: Cli) -> Res<()> {
                 );
             }
         }
-        Command::Create => {
+        Command::Create { patient, no_bots } => {
             let c = g.open()?;
-            let room = c.create_room().await?;
+            let mut settings = RoomSettings::care_room(patient.clone());
+            settings.policy.allow_bots = !no_bots;
+            let room = c.create_room_with(&settings).await?;
             println!("{room}");
+        }
+        Command::Policy { room } => {
+            let c = g.open_with_room(room).await?;
+            let s = c.room_settings(room)?;
+            match &s.patient_network_id {
+                Some(p) => println!("care room of patient {p}"),
+                None => println!("team room (no patient or family members)"),
+            }
+            println!("bots allowed: {}", s.policy.allow_bots);
+            for r in &s.policy.rules {
+                let list = |v: &[Role]| {
+                    if v.is_empty() {
+                        "nobody".to_string()
+                    } else {
+                        v.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    }
+                };
+                println!(
+                    "{:<13} adds: {}; removes: {}",
+                    r.actor.as_str(),
+                    list(&r.may_add),
+                    list(&r.may_remove)
+                );
+            }
+            println!(
+                "always: a device may leave; members manage their own devices; patients and family need the patient's signed consent"
+            );
+        }
+        Command::OrgCreate { name, kind } => {
+            let c = g.open()?;
+            let org = c.create_org(name, *kind).await?;
+            println!(
+                "organisation {} created: {} ({})",
+                org.org_id, org.name, org.kind
+            );
+        }
+        Command::Orgs => {
+            let c = g.open()?;
+            for o in c.orgs().await? {
+                println!("{:>5}  {}  ({})", o.org_id, o.name, o.kind);
+            }
+        }
+        Command::InviteEmail {
+            email,
+            role,
+            org,
+            patient,
+            relationship,
+            legal_proxy,
+            room,
+        } => {
+            let c = g.open()?;
+            let inv = c
+                .invite_by_email(&CreateInvitation {
+                    email: email.clone(),
+                    role: *role,
+                    org_id: *org,
+                    patient_network_id: patient.clone(),
+                    relationship: relationship.clone(),
+                    legal_proxy: *legal_proxy,
+                    room_id: room.clone(),
+                })
+                .await?;
+            println!(
+                "invitation {} e-mailed ({}); the code is single use and expires in {} h",
+                inv.invitation_id,
+                inv.role,
+                (inv.expires_ms - now_ms()).max(0) / 3_600_000
+            );
+        }
+        Command::Invitations { complete } => {
+            let c = g.open()?;
+            if *complete {
+                c.sync().await?;
+                for u in c.complete_invitations().await? {
+                    println!("added {u} to the room they were invited to");
+                }
+            }
+            for i in c.invitations().await? {
+                println!(
+                    "{:>5}  {:<12} {:<9} {}{}",
+                    i.invitation_id,
+                    i.role.as_str(),
+                    i.status,
+                    i.username.as_deref().unwrap_or("-"),
+                    i.room_id
+                        .as_deref()
+                        .map(|r| format!("  room {}", short(r)))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Command::Directory { query, role, org } => {
+            let c = g.open()?;
+            let found = c.search_directory(query.as_deref(), *role, *org).await?;
+            if found.is_empty() {
+                println!("nobody found");
+            }
+            for u in found {
+                println!(
+                    "{}  \"{}\"  {}{}  devices: {}",
+                    u.username,
+                    u.display_name,
+                    u.role,
+                    u.org.map(|o| format!(" at {}", o.name)).unwrap_or_default(),
+                    u.devices.len()
+                );
+            }
+        }
+        Command::Consent {
+            room,
+            username,
+            revoke,
+            patient,
+        } => {
+            let c = g.open()?;
+            let nid = match patient {
+                Some(p) => p.clone(),
+                None => {
+                    let me = c.user_devices(c.username()).await?;
+                    me.network_id
+                        .or(me.family_of.map(|f| f.patient_network_id))
+                        .ok_or_else(|| {
+                            CliError::Usage(
+                                "only the patient or a legal proxy consents; give --patient".into(),
+                            )
+                        })?
+                }
+            };
+            if *revoke {
+                match c.revoke_consent(room, &nid, username).await? {
+                    Some(ack) => println!(
+                        "consent for {username} revoked; removed from the room (seq {})",
+                        ack.seq
+                    ),
+                    None => println!(
+                        "consent for {username} revoked; the care team must remove them before anything else changes"
+                    ),
+                }
+            } else {
+                c.sign_consent(room, &nid, username, true).await?;
+                println!(
+                    "consent for {username} signed and recorded; the care team can add them now"
+                );
+            }
         }
         Command::Invite { room, username } => {
             let c = g.open_with_room(room).await?;
@@ -416,7 +678,17 @@ fn short(room_id: &str) -> String {
 }
 
 fn member_label(s: &Sender) -> String {
-    format!("{} (device {})", s.username, s.device_id)
+    match s.role {
+        Some(role) => format!("{} ({role}, device {})", s.username, s.device_id),
+        None => format!("{} (device {})", s.username, s.device_id),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// One line per event.
@@ -429,19 +701,40 @@ fn render(own_device: i64, e: &Event) -> String {
             ..
         } => format!("[{seq}] {}: {}", sender.username, content.display_text()),
         Event::MembersChanged {
-            by, added, removed, ..
+            by,
+            added,
+            removed,
+            grounds,
+            ..
         } => {
+            let why = |device: i64| {
+                grounds
+                    .iter()
+                    .find(|(d, _)| *d == device)
+                    .map(|(_, g)| format!(" [{g}]"))
+                    .unwrap_or_default()
+            };
             let mut parts = Vec::new();
             for a in added {
-                parts.push(format!("* {} added {}", by.username, member_label(a)));
+                parts.push(format!(
+                    "* {} added {}{}",
+                    by.username,
+                    member_label(a),
+                    why(a.device_id)
+                ));
             }
             for r in removed {
                 if r.device_id == by.device_id {
                     parts.push(format!("* {} left", member_label(r)));
                 } else if r.device_id == own_device {
-                    parts.push(format!("* {} removed you", by.username));
+                    parts.push(format!("* {} removed you{}", by.username, why(r.device_id)));
                 } else {
-                    parts.push(format!("* {} removed {}", by.username, member_label(r)));
+                    parts.push(format!(
+                        "* {} removed {}{}",
+                        by.username,
+                        member_label(r),
+                        why(r.device_id)
+                    ));
                 }
             }
             parts.join("\n")

@@ -149,12 +149,84 @@ async fn register_create_invite_send_follow_remove_leave() {
             "sync",
             "totp-enroll",
             "totp-confirm",
+            "policy",
+            "org-create",
+            "orgs",
+            "invite-email",
+            "invitations",
+            "directory",
+            "consent",
         ] {
             let help = ok(cli(&url2, &alice, &[sub, "--help"]));
             assert!(help.contains("Usage"), "{sub} --help");
         }
         let out = cli(&url2, &alice, &["send", "not-a-room", "x"]);
         assert!(!out.status.success());
+
+        // The care-team commands: a pharmacist (open registration on this
+        // test server), a care room for a patient, its policy, the directory.
+        let pharm = alice.parent().expect("tmp").join("pharm");
+        let reg = ok(cli(
+            &url2,
+            &pharm,
+            &[
+                "register",
+                "ph-mori",
+                "--role",
+                "pharmacist",
+                "--display-name",
+                "Mori",
+            ],
+        ));
+        assert!(reg.contains("role pharmacist"), "{reg}");
+        ok(cli(&url2, &pharm, &["login", "ph-mori"]));
+        let er = alice.parent().expect("tmp").join("er");
+        ok(cli(
+            &url2,
+            &er,
+            &["register", "er-ito", "--role", "emergency"],
+        ));
+        ok(cli(&url2, &er, &["login", "er-ito"]));
+        let out = cli(&url2, &er, &["create", "--patient", "P-42"]);
+        assert!(
+            !out.status.success(),
+            "emergency staff do not create care rooms"
+        );
+        let care = ok(cli(&url2, &alice, &["create", "--patient", "P-42"]))
+            .trim()
+            .to_string();
+        let policy = ok(cli(&url2, &alice, &["policy", &care]));
+        assert!(policy.contains("care room of patient P-42"), "{policy}");
+        assert!(
+            policy.contains("pharmacist    adds: pharmacist, dentist, therapist; removes: nobody"),
+            "{policy}"
+        );
+        let invited = ok(cli(&url2, &alice, &["invite", &care, "ph-mori"]));
+        assert!(invited.contains("invited ph-mori"), "{invited}");
+        let out = cli(&url2, &pharm, &["remove", &care, "alice"]);
+        assert!(
+            !out.status.success(),
+            "a pharmacist may not remove a doctor"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("policy_violation"));
+        let found = ok(cli(
+            &url2,
+            &alice,
+            &["directory", "mori", "--role", "pharmacist"],
+        ));
+        assert!(found.contains("ph-mori  \"Mori\"  pharmacist"), "{found}");
+        let out = cli(
+            &url2,
+            &alice,
+            &["invite-email", "x@example.org", "--role", "nurse"],
+        );
+        assert!(!out.status.success(), "no SMTP configured");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("e-mail is not set up"));
+        let out = cli(&url2, &alice, &["consent", &care, "ph-mori"]);
+        assert!(
+            !out.status.success(),
+            "a doctor does not consent for the patient"
+        );
     })
     .await
     .expect("cli steps");
