@@ -1,6 +1,7 @@
 //! A plaintext canary sent in a room appears nowhere but in members' SDKs:
 //! not in the database files (incl. -wal/-shm), not in the server's logs (at
-//! trace level), not in any response to a non-member or in raw responses.
+//! trace level), not in e-mails the server sends about the room, not in any
+//! response to a non-member or in raw responses.
 
 use super::common::*;
 use tonari_sdk::{Client, Event};
@@ -13,7 +14,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
     let dir = tmp();
     let data_dir = dir.path().join("server");
-    let server = ServerProcess::spawn(&data_dir, "127.0.0.1:0", "trace").await;
+    let mut sink = SmtpSink::start().await;
+    let server = ServerProcess::spawn_with(
+        &data_dir,
+        "127.0.0.1:0",
+        "trace",
+        &[("TONARI_SMTP_URL", &sink.url)],
+    )
+    .await;
     let url = server.url.clone();
 
     let canary = format!("CANARY-{}-血糖値", std::process::id() as u64 * 7919 + 13);
@@ -41,6 +49,20 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
         texts(&ev, &room),
         vec![canary.clone()],
         "the member reads the canary"
+    );
+
+    // An e-mail about the room (an invitation into it) after the canary.
+    let mut req = super::care::invitation("kin@home.example", tonari_wire::Role::Family);
+    req.patient_network_id = Some("P-1".into());
+    req.relationship = Some("son".into());
+    req.room_id = Some(room.clone());
+    m.invite_by_email(&req).await.expect("invite by e-mail");
+    let mail = sink.next_mail().await;
+    assert!(
+        !mail.raw.contains(&canary)
+            && !mail.text.contains(&canary)
+            && !mail.raw.contains("CANARY-"),
+        "the e-mail contains the canary"
     );
 
     // Raw responses: to a member (ciphertext) and to a non-member.

@@ -231,9 +231,20 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start the real binary and wait until it listens.
     pub async fn spawn(data_dir: &Path, listen: &str, log_filter: &str) -> ServerProcess {
+        Self::spawn_with(data_dir, listen, log_filter, &[]).await
+    }
+
+    /// [`ServerProcess::spawn`] with more `TONARI_*` variables.
+    pub async fn spawn_with(
+        data_dir: &Path,
+        listen: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
             .arg("serve")
+            .envs(env.iter().copied())
             .env("TONARI_LISTEN", listen)
             .env("TONARI_DATA_DIR", data_dir)
             .env("TONARI_LOG_FILTER", log_filter)
