@@ -574,12 +574,32 @@ impl Accounts {
     }
 
     /// The directory entry of a user: who they are and their devices' keys.
-    pub async fn user_devices(&self, username: &str) -> Result<DirectoryEntry> {
-        let profile = self
+    /// A patient's network id and a family link are shown to professionals,
+    /// to the user themself, and to the patient and family of the same
+    /// patient (their clients need them to verify consents); to other
+    /// patients and family they are left out.
+    pub async fn user_devices(&self, auth: AuthDevice, username: &str) -> Result<DirectoryEntry> {
+        let mut profile = self
             .store
             .profile_by_name(username)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
+        if !auth.role.is_professional() && profile.id != auth.user_id {
+            let patient_of = |p: &Profile| {
+                p.network_id
+                    .clone()
+                    .or_else(|| p.family_of.as_ref().map(|f| f.patient_network_id.clone()))
+            };
+            let caller = self.store.profile(auth.user_id).await?;
+            let same_patient = caller
+                .as_ref()
+                .and_then(patient_of)
+                .is_some_and(|mine| patient_of(&profile).as_deref() == Some(mine.as_str()));
+            if !same_patient {
+                profile.network_id = None;
+                profile.family_of = None;
+            }
+        }
         let devices = self.store.devices_of_user(profile.id).await?;
         Ok(directory_entry(profile, &devices))
     }

@@ -265,10 +265,10 @@ async fn key_package_count(
 
 async fn user_devices(
     State(s): State<Arc<AppState>>,
-    Auth(..): Auth,
+    Auth(auth, _): Auth,
     Path(username): Path<String>,
 ) -> ApiResult<Json<tonari_wire::DirectoryEntry>> {
-    Ok(Json(s.accounts.user_devices(&username).await?))
+    Ok(Json(s.accounts.user_devices(auth, &username).await?))
 }
 
 async fn device(

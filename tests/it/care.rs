@@ -346,6 +346,26 @@ async fn invitations_are_mailed_single_use_and_carry_no_patient_data() {
         (NID, "daughter", false)
     );
 
+    // Another patient's network id is hidden from this patient's family,
+    // their own patient's is not (their clients verify consents with it).
+    let mut other = invitation("other@home.example", Role::Patient);
+    other.patient_network_id = Some("P-000111".into());
+    w.nurse.invite_by_email(&other).await.expect("invite");
+    let code = w.sink.next_mail().await.code();
+    register_with_code(&w.server, "other-patient", "Other", &code)
+        .await
+        .expect("register");
+    let seen = w
+        .daughter
+        .user_devices("other-patient")
+        .await
+        .expect("entry");
+    assert_eq!((seen.role, seen.network_id), (Role::Patient, None));
+    let own = w.daughter.user_devices("tanaka").await.expect("entry");
+    assert_eq!(own.network_id.as_deref(), Some(NID));
+    let by_nurse = w.nurse.user_devices("other-patient").await.expect("entry");
+    assert_eq!(by_nurse.network_id.as_deref(), Some("P-000111"));
+
     // The nurse sees who accepted.
     let sent = w.nurse.invitations().await.expect("invitations");
     let accepted: Vec<_> = sent
