@@ -272,6 +272,7 @@ impl CareService {
         let id = self
             .store
             .create_invitation(
+                Some(&to.email.to_string()),
                 &hash_token(&code),
                 Some(auth.user_id),
                 req.role,
@@ -509,6 +510,7 @@ pub async fn console_admin_invitation(
         );
         let id = store
             .create_invitation(
+                None,
                 &hash_token(&code),
                 None,
                 Role::Admin,

@@ -31,6 +31,8 @@ pub struct InvitationRow {
     pub room_id: Option<String>,
     pub expires_ms: i64,
     pub used_by: Option<(i64, String)>,
+    /// The address the invitation was sent to (becomes the account's).
+    pub email: Option<String>,
 }
 
 /// A user as the directory shows them (without devices).
@@ -117,6 +119,7 @@ fn invitation_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<InvitationRow
             (Some(id), Some(name)) => Some((id, name)),
             _ => None,
         },
+        email: r.get(11),
     })
 }
 
@@ -152,7 +155,7 @@ impl Store {
         let mut used = None;
         if let Some(code_hash) = invitation {
             let row = sqlx::query(
-                "SELECT id, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, expires_ms, NULL, NULL
+                "SELECT id, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, expires_ms, NULL, NULL, email
                  FROM invitations WHERE code_hash = ? AND used_by IS NULL AND expires_ms > ?",
             )
             .bind(code_hash)
@@ -219,10 +222,18 @@ impl Store {
             .await?;
         }
         if let Some(inv) = &used {
-            sqlx::query("UPDATE invitations SET used_by = ?, used_ms = ? WHERE id = ?")
+            // The address moves from the invitation to the account.
+            sqlx::query(
+                "UPDATE invitations SET used_by = ?, used_ms = ?, email = NULL WHERE id = ?",
+            )
+            .bind(user_id)
+            .bind(now_ms)
+            .bind(inv.id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE users SET email = ? WHERE id = ?")
+                .bind(&inv.email)
                 .bind(user_id)
-                .bind(now_ms)
-                .bind(inv.id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -344,6 +355,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub async fn create_invitation(
         &self,
+        email: Option<&str>,
         code_hash: &[u8],
         inviter_user: Option<i64>,
         role: Role,
@@ -356,9 +368,10 @@ impl Store {
         expires_ms: i64,
     ) -> StoreResult<i64> {
         let res = sqlx::query(
-            "INSERT INTO invitations (code_hash, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, created_ms, expires_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO invitations (email, code_hash, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, created_ms, expires_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(email)
         .bind(code_hash)
         .bind(inviter_user)
         .bind(role.as_str())
@@ -386,7 +399,7 @@ impl Store {
     /// The invitations a user sent, newest first.
     pub async fn invitations_by(&self, inviter_user: i64) -> StoreResult<Vec<InvitationRow>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.inviter_user, i.role, i.org_id, i.patient_network_id, i.relationship, i.legal_proxy, i.room_id, i.expires_ms, u.id, u.username
+            "SELECT i.id, i.inviter_user, i.role, i.org_id, i.patient_network_id, i.relationship, i.legal_proxy, i.room_id, i.expires_ms, u.id, u.username, NULL
              FROM invitations i LEFT JOIN users u ON u.id = i.used_by
              WHERE i.inviter_user = ? ORDER BY i.id DESC LIMIT 500",
         )
