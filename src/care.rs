@@ -272,7 +272,7 @@ impl CareService {
         let id = self
             .store
             .create_invitation(
-                Some(&to.email.to_string()),
+                Some(to.email.as_ref()),
                 &hash_token(&code),
                 Some(auth.user_id),
                 req.role,
