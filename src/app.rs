@@ -64,7 +64,8 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = Store::open_sqlite(&config.database_path()).await?;
+        let database = config.database().map_err(AppError::Startup)?;
+        let store = Store::open(&database).await?;
         let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
         let (writer, writer_task) =
             crate::store::writer::spawn(&store, config.write_queue, config.write_batch_max)?;

@@ -465,7 +465,7 @@ pub async fn console_admin_invitation(
     kind: OrgKind,
 ) -> std::result::Result<(OrgInfo, String, i64), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
-    let store = Store::open_sqlite(&config.database_path())
+    let store = Store::open(&config.database()?)
         .await
         .map_err(|e| e.to_string())?;
     let (writer, task) = crate::store::writer::spawn(&store, 16, 16).map_err(|e| e.to_string())?;

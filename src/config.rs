@@ -22,8 +22,10 @@ pub enum Registration {
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket.
     pub listen: SocketAddr,
-    /// Directory for the SQLite database; created on first start.
+    /// Directory for the SQLite database (and other files); created on first start.
     pub data_dir: PathBuf,
+    /// Database: empty for SQLite in `data_dir`, or a `postgres://` URL.
+    pub database_url: String,
     /// Largest HTTP request body accepted, in bytes (JSON, MLS bytes in base64).
     pub max_body_bytes: usize,
     /// Largest WebSocket message accepted from a client, in bytes.
@@ -83,6 +85,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             data_dir: PathBuf::from("tonari-data"),
+            database_url: String::new(),
             max_body_bytes: 24 * 1024 * 1024,
             ws_max_message_bytes: 16 * 1024 * 1024,
             ws_max_frame_bytes: 16 * 1024 * 1024,
@@ -177,6 +180,7 @@ impl Config {
                     .map_err(|_| "expected host:port".to_string())?
             }
             "data_dir" => self.data_dir = PathBuf::from(value),
+            "database_url" => self.database_url = value.to_string(),
             "max_body_bytes" => self.max_body_bytes = num(value)?,
             "ws_max_message_bytes" => self.ws_max_message_bytes = num(value)?,
             "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
@@ -239,6 +243,9 @@ impl Config {
 listen = "{listen}"
 # Directory for the SQLite database (tonari.sqlite3, WAL mode); created on first start.
 data_dir = "{data_dir}"
+# The database: empty for SQLite in data_dir, or a PostgreSQL URL such as
+# "postgres://tonari@127.0.0.1:5432/tonari" (several servers may share one).
+database_url = ""
 # Largest HTTP request body accepted, in bytes (JSON with base64 MLS bytes).
 max_body_bytes = {max_body}
 # Largest WebSocket message and frame accepted from a client, in bytes.
@@ -330,8 +337,27 @@ log_filter = "{log}"
         )
     }
 
+    /// The SQLite file used when `database_url` is empty.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("tonari.sqlite3")
+    }
+
+    /// The database this configuration names.
+    pub fn database(&self) -> Result<crate::store::Database, String> {
+        let url = self.database_url.trim();
+        if url.is_empty() {
+            return Ok(crate::store::Database::Sqlite(self.database_path()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(crate::store::Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(crate::store::Database::Postgres(url.to_string()));
+        }
+        Err(format!(
+            "database_url must be empty, sqlite://PATH or postgres://... (got {})",
+            crate::store::redact_url(url)
+        ))
     }
 }
 

@@ -53,9 +53,13 @@ enum AuditCommand {
     /// the entry count and head hash when intact; exits 1 naming the first
     /// edited, deleted or reordered entry otherwise.
     Verify {
-        /// The database file (default: tonari.sqlite3 in the configured data_dir).
-        #[arg(long)]
+        /// A SQLite database file (default: the configured database, i.e.
+        /// `database_url` or tonari.sqlite3 in data_dir).
+        #[arg(long, conflicts_with = "database_url")]
         database: Option<PathBuf>,
+        /// A database URL (`postgres://…` or `sqlite://PATH`).
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -74,7 +78,11 @@ fn main() -> ExitCode {
             print!("{}", Config::example_toml());
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match toml::to_string_pretty(&config) {
+        Command::CheckConfig => match toml::to_string_pretty(&Config {
+            // Never print a database password.
+            database_url: tonari::store::redact_url(&config.database_url),
+            ..config
+        }) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -87,8 +95,28 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::AdminInvite { org, kind } => admin_invite(&config, &org, kind),
         Command::Audit {
-            command: AuditCommand::Verify { database },
-        } => audit_verify(database.unwrap_or_else(|| config.database_path())),
+            command:
+                AuditCommand::Verify {
+                    database,
+                    database_url,
+                },
+        } => {
+            let mut config = config;
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let db = match database {
+                Some(path) => Ok(tonari::store::Database::Sqlite(path)),
+                None => config.database(),
+            };
+            match db {
+                Ok(db) => audit_verify(db),
+                Err(e) => {
+                    eprintln!("tonari: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -127,11 +155,11 @@ fn admin_invite(config: &Config, org: &str, kind: tonari_wire::OrgKind) -> ExitC
     }
 }
 
-fn audit_verify(path: PathBuf) -> ExitCode {
+fn audit_verify(db: tonari::store::Database) -> ExitCode {
     let Some(runtime) = small_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(tonari::audit::verify_database(&path)) {
+    match runtime.block_on(tonari::audit::verify_database(&db)) {
         Ok(Ok((count, head))) => {
             println!("audit log OK: {count} entries, head {}", hex::encode(head));
             ExitCode::SUCCESS
@@ -141,7 +169,7 @@ fn audit_verify(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("tonari: cannot read {}: {e}", path.display());
+            eprintln!("tonari: cannot read {}: {e}", db.describe());
             ExitCode::from(2)
         }
     }
