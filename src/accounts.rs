@@ -574,8 +574,8 @@ impl Accounts {
     }
 
     /// The directory entry of a user: who they are and their devices' keys.
-    /// A patient's network id and a family link are shown to professionals,
-    /// to the user themself, and to the patient and family of the same
+    /// A patient's network id and a family link are shown to professionals
+    /// and bots, to the user themself, and to the patient and family of the same
     /// patient (their clients need them to verify consents); to other
     /// patients and family they are left out.
     pub async fn user_devices(&self, auth: AuthDevice, username: &str) -> Result<DirectoryEntry> {
@@ -584,7 +584,9 @@ impl Accounts {
             .profile_by_name(username)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
-        if !auth.role.is_professional() && profile.id != auth.user_id {
+        // Bots verify consents in their rooms like any member: they see it.
+        let limited = !auth.role.is_professional() && auth.role != Role::Bot;
+        if limited && profile.id != auth.user_id {
             let patient_of = |p: &Profile| {
                 p.network_id
                     .clone()
