@@ -1,0 +1,382 @@
+// MLS in the page, on ts-mls: key packages, room creation, joining from a
+// Welcome, commits (add/remove), application messages, and (de)serialising
+// the group state for IndexedDB. Tonari specifics come from ./tonari.ts.
+
+import {
+  acceptAll,
+  createApplicationMessage,
+  createCommit,
+  createGroup,
+  decodeGroupState,
+  decodeMlsMessage,
+  defaultCapabilities,
+  defaultLifetime,
+  emptyPskIndex,
+  encodeGroupState,
+  encodeMlsMessage,
+  generateKeyPackageWithKey,
+  getCiphersuiteFromName,
+  joinGroup,
+  nobleCryptoProvider,
+  processMessage,
+  type CiphersuiteImpl,
+  type ClientState,
+  type IncomingMessageCallback,
+  type KeyPackage,
+  type MLSMessage,
+  type PrivateKeyPackage,
+  type Proposal,
+} from "ts-mls";
+import { defaultClientConfig } from "ts-mls/clientConfig.js";
+import { createGroupInfoWithRatchetTree } from "ts-mls/createCommit.js";
+import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef } from "ts-mls/keyPackage.js";
+import { unprotectPrivateMessage } from "ts-mls/messageProtection.js";
+import { encodeRatchetTree } from "ts-mls/ratchetTree.js";
+import {
+  CIPHERSUITE,
+  SUPPORTED_EXTENSIONS,
+  identityToBytes,
+  parseCommitGrounds,
+  parseIdentity,
+  roomExtensions,
+  type DeviceIdentity,
+  type RoomSettings,
+} from "./tonari.js";
+
+let suitePromise: Promise<CiphersuiteImpl> | undefined;
+
+/** The ciphersuite implementation (noble: pure JS, fast enough for big rooms). */
+export function suite(): Promise<CiphersuiteImpl> {
+  suitePromise ??= nobleCryptoProvider.getCiphersuiteImpl(getCiphersuiteFromName(CIPHERSUITE));
+  return suitePromise;
+}
+
+export interface SignatureKeys {
+  publicKey: Uint8Array;
+  signKey: Uint8Array;
+}
+
+export async function newSignatureKeys(): Promise<SignatureKeys> {
+  const cs = await suite();
+  const k = await cs.signature.keygen();
+  return { publicKey: k.publicKey, signKey: k.signKey };
+}
+
+export function hex(b: Uint8Array): string {
+  let s = "";
+  for (const x of b) s += x.toString(16).padStart(2, "0");
+  return s;
+}
+
+export function unhex(s: string): Uint8Array {
+  if (s.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(s)) throw new Error("invalid hex");
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+function capabilities() {
+  const caps = defaultCapabilities();
+  for (const e of SUPPORTED_EXTENSIONS) if (!caps.extensions.includes(e)) caps.extensions.push(e);
+  return caps;
+}
+
+/** A fresh key package, with what must be kept to join from a Welcome. */
+export interface NewKeyPackage {
+  /** `MLSMessage` bytes to upload. */
+  message: Uint8Array;
+  /** KeyPackageRef (hex): the Welcome names the key package by it. */
+  ref: string;
+  /** TLS bytes of the public key package (for storage). */
+  publicPackage: Uint8Array;
+  privatePackage: PrivateKeyPackage;
+}
+
+export async function newKeyPackage(id: DeviceIdentity, keys: SignatureKeys): Promise<NewKeyPackage> {
+  const cs = await suite();
+  const { publicPackage, privatePackage } = await generateKeyPackageWithKey(
+    { credentialType: "basic", identity: identityToBytes(id) },
+    capabilities(),
+    defaultLifetime,
+    [],
+    keys,
+    cs,
+  );
+  const ref = hex(await makeKeyPackageRef(publicPackage, cs.hash));
+  return {
+    message: encodeMlsMessage({ version: "mls10", wireformat: "mls_key_package", keyPackage: publicPackage }),
+    ref,
+    publicPackage: encodeKeyPackage(publicPackage),
+    privatePackage,
+  };
+}
+
+/** Parse a key package from its `MLSMessage` bytes (as claimed from the server). */
+export function parseKeyPackage(bytes: Uint8Array): KeyPackage {
+  const m = decodeMlsMessage(bytes, 0)?.[0];
+  if (!m || m.wireformat !== "mls_key_package") throw new Error("not a key package");
+  return m.keyPackage;
+}
+
+function decodeStoredKeyPackage(bytes: Uint8Array): KeyPackage {
+  const kp = decodeKeyPackage(bytes, 0)?.[0];
+  if (!kp) throw new Error("stored key package does not decode");
+  return kp;
+}
+
+/** Group state as bytes for IndexedDB (the client config is not stored). */
+export function saveState(state: ClientState): Uint8Array {
+  return encodeGroupState(state);
+}
+
+export function loadState(bytes: Uint8Array): ClientState {
+  const gs = decodeGroupState(bytes, 0)?.[0];
+  if (!gs) throw new Error("stored group state does not decode");
+  return { ...gs, clientConfig: defaultClientConfig };
+}
+
+export function roomIdOf(state: ClientState): string {
+  return hex(state.groupContext.groupId);
+}
+
+export function epochOf(state: ClientState): bigint {
+  return state.groupContext.epoch;
+}
+
+export function isActive(state: ClientState): boolean {
+  return state.groupActiveState.kind === "active";
+}
+
+export interface Member {
+  leafIndex: number;
+  identity: DeviceIdentity | undefined;
+  signatureKey: Uint8Array;
+}
+
+export function members(state: ClientState): Member[] {
+  const out: Member[] = [];
+  state.ratchetTree.forEach((node, i) => {
+    if (i % 2 !== 0 || node?.nodeType !== "leaf") return;
+    const cred = node.leaf.credential;
+    out.push({
+      leafIndex: i / 2,
+      identity: cred.credentialType === "basic" ? parseIdentity(cred.identity) : undefined,
+      signatureKey: node.leaf.signaturePublicKey,
+    });
+  });
+  return out;
+}
+
+export function ownLeafIndex(state: ClientState): number {
+  return state.privatePath.leafIndex;
+}
+
+/** A new room: the group with only this device, plus what the server needs
+ * to follow it (GroupInfo as MLSMessage bytes and the ratchet tree). */
+export async function createRoom(
+  groupId: Uint8Array,
+  id: DeviceIdentity,
+  keys: SignatureKeys,
+  settings: RoomSettings | undefined,
+): Promise<{ state: ClientState; groupInfo: Uint8Array; ratchetTree: Uint8Array }> {
+  const cs = await suite();
+  const kp = await newKeyPackage(id, keys);
+  const state = await createGroup(
+    groupId,
+    decodeStoredKeyPackage(kp.publicPackage),
+    kp.privatePackage,
+    roomExtensions(settings),
+    cs,
+  );
+  const gi = await createGroupInfoWithRatchetTree(
+    state.groupContext,
+    state.confirmationTag,
+    state,
+    state.ratchetTree,
+    [],
+    cs,
+  );
+  return {
+    state,
+    groupInfo: encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo: gi }),
+    ratchetTree: encodeRatchetTree(state.ratchetTree),
+  };
+}
+
+/** The KeyPackageRefs (hex) a Welcome is addressed to. */
+export function welcomeRefs(welcomeBytes: Uint8Array): string[] {
+  const m = decodeMlsMessage(welcomeBytes, 0)?.[0];
+  if (!m || m.wireformat !== "mls_welcome") throw new Error("not a welcome");
+  return m.welcome.secrets.map((s) => hex(s.newMember));
+}
+
+/** Join a room from a Welcome with the stored key package it names. */
+export async function joinFromWelcome(
+  welcomeBytes: Uint8Array,
+  keyPackage: { publicPackage: Uint8Array; privatePackage: PrivateKeyPackage },
+): Promise<ClientState> {
+  const cs = await suite();
+  const m = decodeMlsMessage(welcomeBytes, 0)?.[0];
+  if (!m || m.wireformat !== "mls_welcome") throw new Error("not a welcome");
+  return joinGroup(
+    m.welcome,
+    decodeStoredKeyPackage(keyPackage.publicPackage),
+    keyPackage.privatePackage,
+    emptyPskIndex,
+    cs,
+  );
+}
+
+/** Encrypt an application message (a PrivateMessage). The returned state
+ * must be kept even if the send fails: the ratchet has moved on. */
+export async function encrypt(state: ClientState, plaintext: Uint8Array): Promise<{ state: ClientState; message: Uint8Array }> {
+  const cs = await suite();
+  const r = await createApplicationMessage(state, plaintext, cs);
+  return {
+    state: r.newState,
+    message: encodeMlsMessage({ version: "mls10", wireformat: "mls_private_message", privateMessage: r.privateMessage }),
+  };
+}
+
+/** A commit adding key packages and/or removing leaves, as a PublicMessage
+ * (the server validates every handshake), with the Welcome for the added
+ * ones (ratchet tree in its GroupInfo extension). The returned state is the
+ * next epoch's: adopt it only when the commit comes back from the room. */
+export async function buildCommit(
+  state: ClientState,
+  adds: KeyPackage[],
+  removes: number[],
+): Promise<{ state: ClientState; commit: Uint8Array; welcome: Uint8Array | undefined }> {
+  const cs = await suite();
+  const extraProposals: Proposal[] = [
+    ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } })),
+    ...removes.map((removed): Proposal => ({ proposalType: "remove", remove: { removed } })),
+  ];
+  const r = await createCommit({ state, cipherSuite: cs }, { wireAsPublicMessage: true, ratchetTreeExtension: true, extraProposals });
+  return {
+    state: r.newState,
+    commit: encodeMlsMessage(r.commit),
+    welcome: r.welcome ? encodeMlsMessage({ version: "mls10", wireformat: "mls_welcome", welcome: r.welcome }) : undefined,
+  };
+}
+
+export type Incoming =
+  | { kind: "application"; state: ClientState; plaintext: Uint8Array; sender: DeviceIdentity | undefined }
+  | {
+      kind: "commit";
+      state: ClientState;
+      by: DeviceIdentity | undefined;
+      added: Member[];
+      removed: DeviceIdentity[];
+      selfRemoved: boolean;
+      grounds: unknown;
+    }
+  | { kind: "proposal"; state: ClientState }
+  | { kind: "other"; state: ClientState };
+
+export function decodeMessage(bytes: Uint8Array): MLSMessage {
+  const m = decodeMlsMessage(bytes, 0)?.[0];
+  if (!m) throw new Error("not an MLS message");
+  return m;
+}
+
+/** Process another member's message in order. Throws when it does not verify. */
+export async function processIncoming(state: ClientState, bytes: Uint8Array): Promise<Incoming> {
+  const cs = await suite();
+  const m = decodeMessage(bytes);
+  if (m.wireformat !== "mls_public_message" && m.wireformat !== "mls_private_message") {
+    throw new Error(`unexpected ${m.wireformat} in a room`);
+  }
+  if (m.wireformat === "mls_private_message") {
+    const app = await decryptApplication(state, m.privateMessage, cs);
+    if (app) return app;
+  }
+  const before = members(state);
+  const byLeaf = new Map(before.map((x) => [x.leafIndex, x]));
+  let committer: number | undefined;
+  let removedLeaves: number[] = [];
+  let isCommit = false;
+  // Only self-removals may come as standalone proposals (leave requests);
+  // anything else is refused, as in the Rust SDK.
+  const policy: IncomingMessageCallback = (incoming) => {
+    if (incoming.kind === "commit") {
+      isCommit = true;
+      committer = incoming.senderLeafIndex;
+      removedLeaves = incoming.proposals
+        .filter((p) => p.proposal.proposalType === "remove")
+        .map((p) => (p.proposal as { remove: { removed: number } }).remove.removed);
+      return acceptAll(incoming);
+    }
+    const p = incoming.proposal;
+    return p.proposal.proposalType === "remove" &&
+      (p.proposal as { remove: { removed: number } }).remove.removed === p.senderLeafIndex
+      ? "accept"
+      : "reject";
+  };
+  const r = await processMessage(m, state, emptyPskIndex, policy, cs);
+  if (r.kind === "applicationMessage") {
+    return { kind: "application", state: r.newState, plaintext: r.message, sender: undefined };
+  }
+  if (isCommit) {
+    const beforeKeys = new Set(before.map((x) => hex(x.signatureKey)));
+    const after = members(r.newState);
+    const added = after.filter((x) => !beforeKeys.has(hex(x.signatureKey)));
+    const removed = removedLeaves
+      .map((l) => byLeaf.get(l)?.identity)
+      .filter((x): x is DeviceIdentity => x !== undefined);
+    const aad = m.wireformat === "mls_public_message" ? m.publicMessage.content.authenticatedData : new Uint8Array();
+    return {
+      kind: "commit",
+      state: r.newState,
+      by: committer === undefined ? undefined : byLeaf.get(committer)?.identity,
+      added,
+      removed,
+      selfRemoved: r.newState.groupActiveState.kind === "removedFromGroup",
+      grounds: parseCommitGrounds(aad),
+    };
+  }
+  return { kind: r.actionTaken === "accept" ? "proposal" : "other", state: r.newState };
+}
+
+type PrivateMessageOf<M> = M extends { wireformat: "mls_private_message"; privateMessage: infer P } ? P : never;
+
+/** An application message, decrypted as ts-mls' processPrivateMessage does
+ * (current or retained past epoch), but keeping the sender's leaf, which
+ * processMessage does not return. `undefined` for handshakes. */
+async function decryptApplication(
+  state: ClientState,
+  pm: PrivateMessageOf<MLSMessage>,
+  cs: CiphersuiteImpl,
+): Promise<Incoming | undefined> {
+  if (pm.contentType !== "application") return undefined;
+  const current = pm.epoch === state.groupContext.epoch;
+  const past = current ? undefined : state.historicalReceiverData.get(pm.epoch);
+  if (!current && !past) throw new Error("message from an epoch whose keys are gone");
+  const src = past ?? {
+    senderDataSecret: state.keySchedule.senderDataSecret,
+    secretTree: state.secretTree,
+    ratchetTree: state.ratchetTree,
+    groupContext: state.groupContext,
+  };
+  const r = await unprotectPrivateMessage(
+    src.senderDataSecret,
+    pm,
+    src.secretTree,
+    src.ratchetTree,
+    src.groupContext,
+    state.clientConfig.keyRetentionConfig,
+    cs,
+  );
+  const content = r.content.content;
+  if (content.contentType !== "application") throw new Error("not an application message");
+  const leaf = content.sender.senderType === "member" ? content.sender.leafIndex : undefined;
+  const node = leaf === undefined ? undefined : src.ratchetTree[leaf * 2];
+  const sender =
+    node?.nodeType === "leaf" && node.leaf.credential.credentialType === "basic"
+      ? parseIdentity(node.leaf.credential.identity)
+      : undefined;
+  const newState: ClientState = past
+    ? { ...state, historicalReceiverData: new Map(state.historicalReceiverData).set(pm.epoch, { ...past, secretTree: r.tree }) }
+    : { ...state, secretTree: r.tree };
+  return { kind: "application", state: newState, plaintext: content.applicationData, sender };
+}
