@@ -314,7 +314,7 @@ export class Client {
         cursor: info.last_seq,
         status: "active",
         lastRead: info.last_seq,
-        notes: { [idKey(this.identity)]: { seq: 0 } },
+        notes: { [idKey(this.identity)]: { by: this.identity, seq: 0 } },
       });
       this.resume({ [roomId]: info.last_seq });
       this.emit({ type: "rooms" });
@@ -484,6 +484,8 @@ export class Client {
         continue;
       }
       const state = await mls.joinFromWelcome(bytes, kp);
+      const signer = await mls.welcomeSigner(bytes, kp).catch(() => undefined);
+      const adder = mls.members(state).find((m) => m.leafIndex === signer)?.identity;
       if (mls.roomIdOf(state) !== w.room_id) throw new ApiError(0, "protocol", "welcome for another room");
       let trusted = true;
       for (const m of mls.members(state)) if (!(await this.verifyMember(m))) trusted = false;
@@ -493,7 +495,7 @@ export class Client {
         cursor: w.commit_seq,
         status: trusted ? "active" : "untrusted",
         lastRead: w.commit_seq,
-        notes: {},
+        notes: adder ? { [idKey(this.identity)]: { by: adder, seq: w.commit_seq } } : {},
       };
       const event: MessageRecord = {
         roomId: w.room_id,

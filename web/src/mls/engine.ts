@@ -31,6 +31,7 @@ import { defaultClientConfig } from "ts-mls/clientConfig.js";
 import { createGroupInfoWithRatchetTree } from "ts-mls/createCommit.js";
 import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef } from "ts-mls/keyPackage.js";
 import { unprotectPrivateMessage } from "ts-mls/messageProtection.js";
+import { decryptGroupInfo, decryptGroupSecrets } from "ts-mls/welcome.js";
 import { encodeRatchetTree } from "ts-mls/ratchetTree.js";
 import {
   CIPHERSUITE,
@@ -225,6 +226,25 @@ export async function joinFromWelcome(
     emptyPskIndex,
     cs,
   );
+}
+
+/** The leaf index of the member who signed the Welcome's GroupInfo, i.e.
+ * who added us (joinGroup verifies that signature but does not return the
+ * signer). Tonari rooms use no PSKs, so the PSK secret is all zeroes. */
+export async function welcomeSigner(
+  welcomeBytes: Uint8Array,
+  keyPackage: { publicPackage: Uint8Array; privatePackage: PrivateKeyPackage },
+): Promise<number | undefined> {
+  const cs = await suite();
+  const m = decodeMlsMessage(welcomeBytes, 0)?.[0];
+  if (!m || m.wireformat !== "mls_welcome") return undefined;
+  const kp = decodeStoredKeyPackage(keyPackage.publicPackage);
+  const ref = await makeKeyPackageRef(kp, cs.hash);
+  const priv = await cs.hpke.importPrivateKey(keyPackage.privatePackage.initPrivateKey);
+  const secrets = await decryptGroupSecrets(priv, ref, m.welcome, cs.hpke);
+  if (!secrets || secrets.psks.length > 0) return undefined;
+  const gi = await decryptGroupInfo(m.welcome, secrets.joinerSecret, new Uint8Array(cs.kdf.size), cs);
+  return gi?.signer;
 }
 
 /** Encrypt an application message (a PrivateMessage). The returned state

@@ -299,7 +299,7 @@ export class App {
     });
     const room = h(
       "section",
-      { class: "room", "aria-labelledby": "room-title" },
+      { class: "room", "aria-labelledby": "room-title", "data-room": roomId },
       h(
         "div",
         { class: "room-head" },
@@ -334,7 +334,8 @@ export class App {
     const items = await Promise.all(history.map((m) => this.messageItem(m)));
     // A newer refresh (or another screen) supersedes this one.
     if (mine !== this.roomRefresh || this.route.name !== "room" || this.route.roomId !== roomId) return;
-    const atBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 40;
+    const first = timeline.childElementCount === 0;
+    const atBottom = first || timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 40;
     clear(timeline);
     timeline.append(...items);
     if (atBottom) timeline.scrollTop = timeline.scrollHeight;
