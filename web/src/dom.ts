@@ -1,6 +1,6 @@
 // The only way the UI builds DOM: elements with attributes and children,
-// where every string child becomes a Text node. Nothing here (or anywhere in
-// src/) assigns innerHTML/outerHTML or calls insertAdjacentHTML, so message
+// where every string child becomes a Text node. No code in src/ parses a
+// string as HTML (test/dom.test.ts fails on any HTML sink), so message
 // bodies can only ever be text. `on*` attributes are refused: handlers are
 // attached with addEventListener via `on`.
 
