@@ -105,9 +105,13 @@ export class Client {
     for (const f of this.listeners) f(e);
   }
 
-  /** Run MLS work one piece at a time (like the SDK's process lock). */
+  /** Run MLS work one piece at a time (like the SDK's process lock), also
+   * across tabs of this browser profile (Web Locks), since they share the
+   * IndexedDB state. Every piece reloads what it needs from IndexedDB. */
   private locked<T>(f: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(f, f);
+    const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+    const g = locks ? () => locks.request("tonari-mls", f) as Promise<T> : f;
+    const run = this.chain.then(g, g);
     this.chain = run.catch(() => undefined);
     return run;
   }
