@@ -96,6 +96,23 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
   await waitForMessage(a.page, "hello from bob");
   await cliUntil(server, carolDir, roomId, (h) => h.includes("bob: hello from bob"));
 
+  // Commits made by openmls (the Rust client) are processed by ts-mls: carol
+  // adds erin (another Rust client) and removes her again.
+  const erinDir = path.join(dir, "erin");
+  await register(server, "erin");
+  await cli(server, erinDir, ["login", "erin", "--device-name", "erin-cli"]);
+  await cli(server, carolDir, ["invite", roomId, "erin"]);
+  for (const { page } of [a, b]) {
+    await page.locator("#member-list li[data-user=erin] .meta", { hasText: "added by carol" }).waitFor({ timeout: WAIT });
+  }
+  await cliUntil(server, erinDir, roomId, () => true);
+  await cli(server, erinDir, ["send", roomId, "hello from erin"]);
+  await waitForMessage(b.page, "hello from erin");
+  await cli(server, carolDir, ["remove", roomId, "erin"]);
+  for (const { page } of [a, b]) {
+    await page.locator("#member-list li[data-user=erin]").waitFor({ state: "detached", timeout: WAIT });
+  }
+
   // Reload: bob's keys and group state come back from IndexedDB.
   await b.page.reload();
   await b.page.locator("#conn[data-online=true]").waitFor({ timeout: WAIT });

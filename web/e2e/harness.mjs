@@ -30,6 +30,10 @@ export async function startServer(dir, env = {}) {
       TONARI_LISTEN: "127.0.0.1:0",
       TONARI_DATA_DIR: path.join(dir, "server"),
       TONARI_LOG_FILTER: "warn",
+      // Like the integration tests: open registration, no TOTP requirement
+      // (keys of the care-team server; a server without them ignores them).
+      TONARI_REGISTRATION: "open",
+      TONARI_TOTP_REQUIRED_ROLES: "",
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],

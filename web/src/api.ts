@@ -20,10 +20,14 @@ export interface DeviceInfo {
   signature_key: string;
   role?: Role;
 }
+/** `UserDevices` before the care-team format, `DirectoryEntry` after it
+ * (which adds role, display name, organisation). */
 export interface UserDevices {
   user_id: number;
   username: string;
   devices: DeviceInfo[];
+  role?: Role;
+  display_name?: string;
 }
 export interface KeyPackageCount {
   available: number;

@@ -230,7 +230,12 @@ export class Client {
     if (!m.identity) return false;
     try {
       const info = await this.deviceInfo(m.identity.deviceId);
-      return info.user_id === m.identity.userId && info.signature_key === b64(m.signatureKey);
+      return (
+        info.user_id === m.identity.userId &&
+        info.signature_key === b64(m.signatureKey) &&
+        // A directory that names roles (care-team format) must agree with the credential's.
+        (info.role === undefined || info.role === m.identity.role)
+      );
     } catch (e) {
       if (e instanceof ApiError && (e.code === "device_not_found" || e.status === 404)) return false;
       throw e;
@@ -305,7 +310,7 @@ export class Client {
   }
 
   /** Create a room with only this device; returns its id. */
-  createRoom(settings: RoomSettings | undefined = defaultRoomSettings()): Promise<string> {
+  createRoom(settings: RoomSettings | undefined = defaultRoomSettings(this.device?.role !== undefined)): Promise<string> {
     return this.locked(async () => {
       const gid = crypto.getRandomValues(new Uint8Array(16));
       const { state, groupInfo, ratchetTree } = await mls.createRoom(gid, this.identity, this.keys, settings);
@@ -349,6 +354,7 @@ export class Client {
         !dev ||
         id.userId !== dir.user_id ||
         id.deviceId !== c.device_id ||
+        (dir.role !== undefined && id.role !== dir.role) ||
         dev.signature_key !== b64(kp.leafNode.signaturePublicKey)
       ) {
         throw new ApiError(0, "untrusted_member", `device ${c.device_id} does not match the directory`);

@@ -74,6 +74,7 @@ const en = {
   totp_on: "The authenticator app is on.",
   error: "Error: {message}",
   patient: "Patient {id}",
+  patient_id: "Patient network ID (optional)",
 } as const;
 
 export type Key = keyof typeof en;
@@ -149,6 +150,7 @@ const ja: Record<Key, string> = {
   totp_on: "認証アプリが有効になりました。",
   error: "エラー：{message}",
   patient: "患者 {id}",
+  patient_id: "患者ネットワークID（任意）",
 };
 
 const ROLE_NAMES: Record<Lang, Record<string, string>> = {

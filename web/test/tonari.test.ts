@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import {
   ROOM_SETTINGS_EXTENSION,
   decodeContent,
+  defaultRoomSettings,
   encodeContent,
   identityToBytes,
   labFlag,
@@ -74,6 +75,19 @@ describe("room settings and commit grounds", () => {
     expect(readRoomSettings(ext)).toEqual({ patient_network_id: "P-1", policy: { x: 1 } });
     expect(roomExtensions(undefined)).toEqual([]);
     expect(readRoomSettings([{ extensionType: ROOM_SETTINGS_EXTENSION, extensionData: enc.encode("[1]") }])).toBeUndefined();
+  });
+  it("new rooms carry the Rust SDK's default settings only on a care-team server", () => {
+    expect(defaultRoomSettings(false)).toBeUndefined();
+    const s = defaultRoomSettings(true)!;
+    expect(s.patient_network_id).toBeNull();
+    const json = JSON.parse(new TextDecoder().decode(roomExtensions(s)[0].extensionData));
+    expect(Object.keys(json)).toEqual(["patient_network_id", "policy"]);
+    expect(json.policy.allow_bots).toBe(true);
+    expect(json.policy.rules.map((r: { actor: string }) => r.actor)).toEqual([
+      "doctor", "nurse", "care_manager", "pharmacist", "dentist", "therapist", "patient", "admin",
+    ]);
+    expect(json.policy.rules[6]).toEqual({ actor: "patient", may_add: ["family"], may_remove: ["family"] });
+    expect(defaultRoomSettings(true, "P-9")!.patient_network_id).toBe("P-9");
   });
   it("grounds are JSON or nothing", () => {
     expect(parseCommitGrounds(new Uint8Array())).toBeUndefined();

@@ -90,15 +90,50 @@ export const SUPPORTED_EXTENSIONS: number[] = [ROOM_SETTINGS_EXTENSION];
 /** Room settings (wire type `RoomSettings`), kept opaque here except for the
  * fields the UI shows. */
 export interface RoomSettings {
-  patient_network_id?: string;
+  patient_network_id?: string | null;
   [key: string]: unknown;
 }
 
-/** Settings of a room the web client creates. The server before issue 5
- * takes rooms without settings; once it requires them, return the Rust
- * SDK's defaults here (from clients/wire `RoomSettings`). */
-export function defaultRoomSettings(): RoomSettings | undefined {
-  return undefined;
+export interface PolicyRule {
+  actor: Role;
+  may_add: Role[];
+  may_remove: Role[];
+}
+
+/** The default care-team policy (clients/wire `RoomPolicy::default_care_team`):
+ * doctors, nurses and care managers manage the team; pharmacists, dentists
+ * and therapists may bring in each other; the patient may bring in family;
+ * an admin may remove professionals and bots. */
+export function defaultCareTeamPolicy(): { rules: PolicyRule[]; allow_bots: boolean } {
+  const team: Role[] = ["doctor", "nurse", "care_manager", "pharmacist", "dentist", "therapist", "patient", "family", "bot"];
+  const allied: Role[] = ["pharmacist", "dentist", "therapist"];
+  const lead = (actor: Role): PolicyRule => ({ actor, may_add: [...team], may_remove: [...team] });
+  return {
+    rules: [
+      lead("doctor"),
+      lead("nurse"),
+      lead("care_manager"),
+      { actor: "pharmacist", may_add: [...allied], may_remove: [] },
+      { actor: "dentist", may_add: [...allied], may_remove: [] },
+      { actor: "therapist", may_add: [...allied], may_remove: [] },
+      { actor: "patient", may_add: ["family"], may_remove: ["family"] },
+      {
+        actor: "admin",
+        may_add: [],
+        may_remove: ["doctor", "nurse", "care_manager", "pharmacist", "dentist", "therapist", "emergency", "bot"],
+      },
+    ],
+    allow_bots: true,
+  };
+}
+
+/** Settings of a room the web client creates: the Rust SDK's default
+ * (`RoomSettings::care_room`) when the server speaks the care-team format
+ * (its login answers carry a role), none for a server from before it, which
+ * does not know extension 0xff00 (and whose clients do not list it). */
+export function defaultRoomSettings(serverHasRoles: boolean, patientNetworkId?: string): RoomSettings | undefined {
+  if (!serverHasRoles) return undefined;
+  return { patient_network_id: patientNetworkId ?? null, policy: defaultCareTeamPolicy() };
 }
 
 /** Group-context extensions for a new room. `undefined` settings: none (the

@@ -7,7 +7,7 @@ import { ApiError } from "../api.js";
 import type { Client, MemberView } from "../client.js";
 import { clear, h, on } from "../dom.js";
 import { lang, roleName, setLang, t, type Lang } from "../i18n.js";
-import type { DeviceIdentity } from "../mls/tonari.js";
+import { defaultRoomSettings, type DeviceIdentity } from "../mls/tonari.js";
 import type { MessageRecord, RoomEvent } from "../store.js";
 import { renderCard } from "./cards.js";
 
@@ -212,13 +212,23 @@ export class App {
   }
 
   private renderRooms(main: HTMLElement, _seq: number): void {
-    const newRoom = on(h("button", { type: "button", class: "primary", id: "new-room" }, t("new_room")), "click", () =>
-      void this.guard(async () => {
-        const id = await this.client.createRoom();
-        this.go({ name: "room", roomId: id });
-      }),
+    // Care-team servers (credentials with roles) bind a room to a patient.
+    const withPatient = this.client.device?.role !== undefined;
+    const patient = h("input", { id: "patient-id", name: "patient-id", autocomplete: "off", pattern: "[A-Za-z0-9_-]{1,64}" });
+    const form = h(
+      "form",
+      { class: "new-room", id: "new-room-form" },
+      withPatient ? h("div", { class: "field" }, h("label", { for: "patient-id" }, t("patient_id")), patient) : null,
+      h("button", { type: "submit", class: "primary", id: "new-room" }, t("new_room")),
     );
-    main.append(h("div", { class: "list-head" }, h("h2", { tabindex: -1 }, t("rooms")), newRoom), this.roomList());
+    on(form, "submit", (ev) => {
+      ev.preventDefault();
+      void this.guard(async () => {
+        const id = await this.client.createRoom(defaultRoomSettings(withPatient, patient.value.trim() || undefined));
+        this.go({ name: "room", roomId: id });
+      });
+    });
+    main.append(h("div", { class: "list-head" }, h("h2", { tabindex: -1 }, t("rooms")), form), this.roomList());
     void this.refreshRoomList();
     main.querySelector<HTMLElement>("h2")?.focus();
   }
@@ -331,13 +341,23 @@ export class App {
     const mine = ++this.roomRefresh;
     const [views, history, members] = await Promise.all([this.client.rooms(), this.client.history(roomId), this.client.members(roomId)]);
     const view = views.find((v) => v.roomId === roomId);
-    const items = await Promise.all(history.map((m) => this.messageItem(m)));
+    // Stored messages never change: only new ones are added to the list, so
+    // a screen reader announces just those (the list is aria-live).
+    const shown = new Set([...timeline.children].map((li) => (li as HTMLElement).dataset.seq));
+    const fresh = history.filter((m) => !shown.has(String(m.seq)));
+    const items = await Promise.all(fresh.map((m) => this.messageItem(m)));
     // A newer refresh (or another screen) supersedes this one.
     if (mine !== this.roomRefresh || this.route.name !== "room" || this.route.roomId !== roomId) return;
     const first = timeline.childElementCount === 0;
     const atBottom = first || timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 40;
-    clear(timeline);
-    timeline.append(...items);
+    const lastShown = Number((timeline.lastElementChild as HTMLElement | null)?.dataset.seq ?? -1);
+    if (items.length && fresh[0].seq < lastShown) {
+      // Something older arrived (rare): rebuild in order.
+      clear(timeline);
+      timeline.append(...(await Promise.all(history.map((m) => this.messageItem(m)))));
+    } else {
+      timeline.append(...items);
+    }
     if (atBottom) timeline.scrollTop = timeline.scrollHeight;
     clear(memberList);
     memberList.append(...members.map((m) => this.memberItem(roomId, m)));
