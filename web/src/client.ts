@@ -651,6 +651,7 @@ export class Client {
     };
     ws.onclose = () => {
       if (this.socket !== ws) return;
+      if (!this.online) void this.checkSession();
       this.socket = undefined;
       this.online = false;
       this.emit({ type: "connection", online: false });
@@ -659,6 +660,16 @@ export class Client {
         this.reconnectDelay = Math.min(this.reconnectDelay * 2, 30_000);
       }
     };
+  }
+
+  /** The socket could not open: a revoked or expired session logs out
+   * instead of retrying forever. */
+  private async checkSession(): Promise<void> {
+    try {
+      await this.api.keyPackageCount();
+    } catch (e) {
+      if (e instanceof ApiError && e.code === "unauthenticated") await this.logout();
+    }
   }
 
   disconnect(): void {

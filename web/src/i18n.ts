@@ -75,6 +75,7 @@ const en = {
   error: "Error: {message}",
   patient: "Patient {id}",
   patient_id: "Patient network ID (optional)",
+  skip: "Skip to content",
 } as const;
 
 export type Key = keyof typeof en;
@@ -151,6 +152,7 @@ const ja: Record<Key, string> = {
   error: "エラー：{message}",
   patient: "患者 {id}",
   patient_id: "患者ネットワークID（任意）",
+  skip: "本文へ移動",
 };
 
 const ROLE_NAMES: Record<Lang, Record<string, string>> = {

@@ -42,7 +42,27 @@ export class App {
 
   start(): void {
     this.render();
-    if (this.client.loggedIn) this.client.connect();
+    if (this.client.loggedIn) void this.resumeSession();
+  }
+
+  /** A stored session may have expired, or may only be allowed to enrol TOTP. */
+  private async resumeSession(): Promise<void> {
+    try {
+      await this.client.api.keyPackageCount();
+    } catch (e) {
+      if (e instanceof ApiError && e.code === "unauthenticated") {
+        await this.client.logout();
+        return;
+      }
+      if (e instanceof ApiError && e.code === "totp_enrollment_required") {
+        this.totpEnrollmentRequired = true;
+        this.go({ name: "devices" });
+        this.say(t("totp_enroll_required"), "error");
+        return;
+      }
+      // Offline or the server is restarting: the socket retries by itself.
+    }
+    this.client.connect();
   }
 
   private go(route: Route): void {
@@ -103,6 +123,7 @@ export class App {
     this.fillNotice(notice);
     const main = h("main", { id: "main", tabindex: -1 });
     this.root.append(
+      h("a", { href: "#main", class: "skip" }, t("skip")),
       h(
         "header",
         { class: "top" },
@@ -485,6 +506,7 @@ export class App {
       h("section", { "aria-labelledby": "totp-title" }, h("h3", { id: "totp-title" }, t("totp_section")), enroll, totpOut, confirmForm),
     );
     main.querySelector<HTMLElement>("h2")?.focus();
+    if (this.totpEnrollmentRequired) return;
     void this.guard(async () => {
       const me = this.client.identity;
       const devices = await this.client.ownDevices();
