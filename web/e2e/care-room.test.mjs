@@ -51,8 +51,8 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
   await a.page.getByLabel("Password").fill("correct horse battery staple");
   await a.page.getByRole("button", { name: "Create account" }).click();
   await a.page.getByText("Account created").waitFor({ timeout: WAIT });
-  await register(server, "bob");
-  await register(server, "carol");
+  await register(server, "bob", "nurse");
+  await register(server, "carol", "care_manager");
   await cli(server, carolDir, ["login", "carol", "--device-name", "carol-cli"]);
 
   await a.page.getByRole("button", { name: "Log in" }).click();
@@ -69,7 +69,7 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
     await a.page.getByRole("button", { name: "Add", exact: true }).click();
     await a.page.locator(`#member-list li[data-user=${who}]`).waitFor({ timeout: WAIT });
   }
-  await a.page.locator("#member-list li[data-user=bob] .meta", { hasText: "added by alice" }).waitFor({ timeout: WAIT });
+  await a.page.locator("#member-list li[data-user=bob] .meta", { hasText: "added by alice" }).first().waitFor({ timeout: WAIT });
 
   // Bob's browser joins from the Welcome pushed over the WebSocket; the
   // message alice sends meanwhile shows as unread in his room list.
@@ -81,8 +81,8 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
   await waitForMessage(b.page, "hello from alice");
   await b.page.locator(`#room-list button[data-room="${roomId}"] .badge`).waitFor({ state: "detached", timeout: WAIT });
   // Who added whom: bob learns it from the Welcome's signer, alice made the room.
-  await b.page.locator("#member-list li[data-user=bob] .meta", { hasText: "added by alice" }).waitFor({ timeout: WAIT });
-  await a.page.locator("#member-list li[data-user=alice] .meta", { hasText: "created the room" }).waitFor({ timeout: WAIT });
+  await b.page.locator("#member-list li[data-user=bob] .meta", { hasText: "added by alice" }).first().waitFor({ timeout: WAIT });
+  await a.page.locator("#member-list li[data-user=alice] .meta", { hasText: "created the room" }).first().waitFor({ timeout: WAIT });
 
   // Rust → browsers.
   await cliUntil(server, carolDir, roomId, (h) => h.includes("hello from alice"));
@@ -99,12 +99,19 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
   // Commits made by openmls (the Rust client) are processed by ts-mls: carol
   // adds erin (another Rust client) and removes her again.
   const erinDir = path.join(dir, "erin");
-  await register(server, "erin");
+  await register(server, "erin", "pharmacist");
   await cli(server, erinDir, ["login", "erin", "--device-name", "erin-cli"]);
   await cli(server, carolDir, ["invite", roomId, "erin"]);
   for (const { page } of [a, b]) {
-    await page.locator("#member-list li[data-user=erin] .meta", { hasText: "added by carol" }).waitFor({ timeout: WAIT });
+    await page.locator("#member-list li[data-user=erin] .meta", { hasText: "added by carol" }).first().waitFor({ timeout: WAIT });
+    // Roles from the credentials, and the grounds each browser worked out
+    // from the room policy in the group context.
+    await page.locator("#member-list li[data-user=erin] .meta", { hasText: "Pharmacist" }).first().waitFor({ timeout: WAIT });
+    await page
+      .locator("#member-list li[data-user=erin] .grounds", { hasText: "room policy: a Care manager may add a Pharmacist" })
+      .waitFor({ timeout: WAIT });
   }
+  await a.page.locator("#member-list li[data-user=bob] .meta", { hasText: "Nurse" }).first().waitFor({ timeout: WAIT });
   await cliUntil(server, erinDir, roomId, () => true);
   await cli(server, erinDir, ["send", roomId, "hello from erin"]);
   await waitForMessage(b.page, "hello from erin");

@@ -96,11 +96,12 @@ export async function cliUntil(server, deviceDir, room, pred) {
   throw new Error(`condition not reached; last history:\n${last}`);
 }
 
-export async function register(server, username) {
+/** Register (open registration); `role` as the care-team server takes it. */
+export async function register(server, username, role) {
   const r = await fetch(`${server.url}/v1/register`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ username, password: PASSWORD }),
+    body: JSON.stringify({ username, password: PASSWORD, role }),
   });
   if (!r.ok) throw new Error(`register ${username}: ${r.status} ${await r.text()}`);
 }

@@ -28,6 +28,8 @@ export interface UserDevices {
   devices: DeviceInfo[];
   role?: Role;
   display_name?: string;
+  network_id?: string | null;
+  family_of?: { patient_network_id: string; relationship?: string; legal_proxy?: boolean } | null;
 }
 export interface KeyPackageCount {
   available: number;
@@ -147,8 +149,12 @@ export class Api {
     return JSON.parse(text) as T;
   }
 
-  register(username: string, password: string) {
-    return this.call<{ user_id: number; username: string }>("POST", "/v1/register", { username, password });
+  register(username: string, password: string, invitationCode?: string) {
+    return this.call<{ user_id: number; username: string; role?: Role }>("POST", "/v1/register", {
+      username,
+      password,
+      invitation_code: invitationCode,
+    });
   }
 
   login(req: {

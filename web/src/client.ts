@@ -9,7 +9,13 @@ import type { KeyPackage } from "ts-mls";
 import { Api, ApiError, b64, unb64, type DeviceInfo, type Envelope, type ServerFrame, type UserDevices } from "./api.js";
 import * as mls from "./mls/engine.js";
 import {
+  CONSENT_LABEL,
   KEY_PACKAGE_TARGET,
+  checkChange,
+  checkConsentParties,
+  commitConsents,
+  parseConsent,
+  policySettings,
   decodeContent,
   defaultRoomSettings,
   encodeContent,
@@ -17,8 +23,11 @@ import {
   readRoomSettings,
   sameDevice,
   textContent,
+  type Consent,
   type Content,
   type DeviceIdentity,
+  type Grounds,
+  type Party,
   type RoomSettings,
 } from "./mls/tonari.js";
 import type { DeviceRecord, MessageRecord, OutboxRecord, RoomEvent, RoomRecord, Store } from "./store.js";
@@ -35,7 +44,7 @@ export interface MemberView {
   deviceName: string;
   addedBy?: DeviceIdentity;
   addedByName?: string;
-  grounds?: unknown;
+  grounds?: Grounds;
   self: boolean;
 }
 
@@ -118,8 +127,8 @@ export class Client {
 
   // ------------------------------------------------------------ accounts
 
-  async register(username: string, password: string): Promise<void> {
-    await this.api.register(username, password);
+  async register(username: string, password: string, invitationCode?: string): Promise<void> {
+    await this.api.register(username, password, invitationCode);
   }
 
   /** Log in; re-attaches this browser's device if it belongs to `username`,
@@ -499,6 +508,10 @@ export class Client {
       if (mls.roomIdOf(state) !== w.room_id) throw new ApiError(0, "protocol", "welcome for another room");
       let trusted = true;
       for (const m of mls.members(state)) if (!(await this.verifyMember(m))) trusted = false;
+      if (this.careTeam && typeof policySettings(readRoomSettings(state.groupContext.extensions)) === "string") {
+        console.warn("refusing a room without valid settings", w.room_id);
+        trusted = false;
+      }
       const record: RoomRecord = {
         roomId: w.room_id,
         state: trusted ? mls.saveState(state) : null,
@@ -564,10 +577,20 @@ export class Client {
       const afterKeys = new Set(mls.members(after).map((m) => mls.hex(m.signatureKey)));
       const added = mls.members(after).filter((m) => !beforeKeys.has(mls.hex(m.signatureKey)) && m.identity);
       const removed = mls.members(before).filter((m) => !afterKeys.has(mls.hex(m.signatureKey)) && m.identity);
-      for (const m of added) next.notes[idKey(m.identity!)] = { by: me, seq: env.seq };
+      const ps = policySettings(readRoomSettings(before.groupContext.extensions));
+      const grounds: Record<string, Grounds> = {};
+      const changes = [
+        ...added.map((m) => ({ action: "add" as const, target: m.identity! })),
+        ...removed.map((m) => ({ action: "remove" as const, target: m.identity! })),
+      ];
+      for (const c of changes) {
+        const g = typeof ps === "string" ? undefined : checkChange(ps, { ...c, actor: me, selfProposed: false });
+        if (g && typeof g !== "string") grounds[idKey(c.target)] = g;
+      }
+      for (const m of added) next.notes[idKey(m.identity!)] = { by: me, seq: env.seq, grounds: grounds[idKey(m.identity!)] };
       next.state = r.pending.state;
       next.pending = undefined;
-      event({ kind: "members", by: me, added: added.map((m) => m.identity!), removed: removed.map((m) => m.identity!) }, me);
+      event({ kind: "members", by: me, added: added.map((m) => m.identity!), removed: removed.map((m) => m.identity!), grounds }, me);
     } else if (own && env.kind === "application") {
       // Own messages cannot be decrypted by their sender: take the outbox copy.
       const row = (await this.store.outbox(r.roomId)).find((o) => bytesEqual(o.message, bytes));
@@ -587,15 +610,23 @@ export class Client {
         if (res.kind === "application") {
           messages.push({ roomId: r.roomId, seq: env.seq, sender: res.sender ?? null, content: decodeContent(res.plaintext), ts: env.ts_ms });
         } else if (res.kind === "commit") {
-          for (const m of res.added) {
-            if (!(await this.verifyMember(m))) {
-              await this.store.saveRoom({ ...r, status: "untrusted" });
-              this.emit({ type: "room", roomId: r.roomId });
-              return false;
-            }
-            next.notes[idKey(m.identity!)] = { by: res.by, seq: env.seq, grounds: res.grounds };
+          const untrusted = async (why: string) => {
+            console.warn("refusing a commit:", why, r.roomId, env.seq);
+            await this.store.saveRoom({ ...r, status: "untrusted" });
+            this.emit({ type: "room", roomId: r.roomId });
+            return false;
+          };
+          for (const m of res.newLeaves) {
+            if (!(await this.verifyMember(m))) return untrusted("a member key not in the directory");
           }
-          event({ kind: "members", by: res.by, added: res.added.map((m) => m.identity!), removed: res.removed, grounds: res.grounds }, res.by ?? null);
+          let grounds: Record<string, Grounds> = {};
+          if (this.careTeam) {
+            const decided = await this.decideCommit(r.roomId, res.settingsBefore, res.by, res.aad, res.changes);
+            if (typeof decided === "string") return untrusted(decided);
+            grounds = decided;
+          }
+          for (const m of res.added) next.notes[idKey(m.identity!)] = { by: res.by, seq: env.seq, grounds: grounds[idKey(m.identity!)] };
+          event({ kind: "members", by: res.by, added: res.added.map((m) => m.identity!), removed: res.removed, grounds }, res.by ?? null);
           if (res.selfRemoved) {
             next.status = "removed";
             next.state = null;
@@ -619,6 +650,84 @@ export class Client {
     this.emit({ type: "room", roomId: r.roomId });
     this.emit({ type: "rooms" });
     return next.status === "active";
+  }
+
+  // ------------------------------------------------------------ policy
+
+  /** A server with the care-team model (its logins carry a role): rooms
+   * have settings and every commit is checked against the room policy. */
+  get careTeam(): boolean {
+    return this.device?.role !== undefined;
+  }
+
+  /** Decide every membership change of another member's commit under the
+   * room's settings (as the Rust SDK does): grounds per device, or why the
+   * commit breaks the policy. */
+  private async decideCommit(
+    roomId: string,
+    settings: RoomSettings | undefined,
+    actor: DeviceIdentity | undefined,
+    aad: Uint8Array,
+    changes: { action: "add" | "remove"; target: DeviceIdentity; selfProposed: boolean }[],
+  ): Promise<Record<string, Grounds> | string> {
+    const ps = policySettings(settings);
+    if (typeof ps === "string") return ps;
+    if (!actor) return "the committer has no Tonari identity";
+    const consents = commitConsents(aad);
+    if (!consents) return "the commit grounds do not parse";
+    const verified = new Map<number, Consent>();
+    for (const signed of consents) {
+      const c = parseConsent(signed);
+      if (typeof c === "string") return c;
+      const change = changes.find((x) => x.target.userId === c.subject_user_id);
+      if (!change) continue;
+      const bad = await this.verifyConsent(roomId, ps.patient_network_id, signed.consent, signed.signature, c, change.target.deviceId);
+      if (bad) return bad;
+      verified.set(c.subject_user_id, c);
+    }
+    const out: Record<string, Grounds> = {};
+    for (const ch of changes) {
+      const consent = verified.get(ch.target.userId);
+      const g = checkChange(ps, {
+        actor,
+        action: ch.action,
+        target: ch.target,
+        selfProposed: ch.selfProposed,
+        consent: consent && consent.granted === (ch.action === "add") ? consent : undefined,
+      });
+      if (typeof g === "string") return g;
+      out[idKey(ch.target)] = g;
+    }
+    return out;
+  }
+
+  private async verifyConsent(
+    roomId: string,
+    networkId: string | null,
+    json: string,
+    signature: string,
+    c: Consent,
+    subjectDevice: number,
+  ): Promise<string | undefined> {
+    if (c.room_id !== roomId || networkId !== c.patient_network_id) return "a consent is for another room or patient";
+    let signerDevice: DeviceInfo;
+    try {
+      signerDevice = await this.deviceInfo(c.signer_device_id);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return "a consent's signer device is not in the directory";
+      throw e;
+    }
+    if (signerDevice.user_id !== c.signer_user_id) return "a consent's signer device belongs to someone else";
+    const ok = await mls.verifySignature(
+      unb64(signerDevice.signature_key),
+      new TextEncoder().encode(CONSENT_LABEL + json),
+      unb64(signature),
+    );
+    if (!ok) return "the consent signature does not verify";
+    const party = (u: UserDevices): Party => ({ user_id: u.user_id, role: u.role!, network_id: u.network_id, family_of: u.family_of });
+    const signer = await this.api.user(signerDevice.username);
+    const subject = await this.api.user((await this.deviceInfo(subjectDevice)).username);
+    return checkConsentParties(c, party(signer), party(subject));
   }
 
   // ------------------------------------------------------------ live

@@ -11,6 +11,7 @@ const en = {
   password: "Password",
   totp_code: "Authenticator code (if enabled)",
   device_name: "Name of this device",
+  invitation_code: "Invitation code (to create an account)",
   log_in: "Log in",
   create_account: "Create account",
   account_created: "Account created. You can log in now.",
@@ -76,6 +77,13 @@ const en = {
   patient: "Patient {id}",
   patient_id: "Patient network ID (optional)",
   skip: "Skip to content",
+  g_rule: "room policy: a {actor} may {action} a {target}",
+  g_add: "add",
+  g_remove: "remove",
+  g_own_device: "own device",
+  g_leave: "left",
+  g_consent: "consent {id}, signed by user {signer}",
+  g_consent_revoked: "consent {id} revoked by user {signer}",
 } as const;
 
 export type Key = keyof typeof en;
@@ -88,6 +96,7 @@ const ja: Record<Key, string> = {
   password: "パスワード",
   totp_code: "認証アプリのコード（設定済みの場合）",
   device_name: "この端末の名前",
+  invitation_code: "招待コード（アカウント作成時）",
   log_in: "ログイン",
   create_account: "アカウント作成",
   account_created: "アカウントを作成しました。ログインできます。",
@@ -153,6 +162,13 @@ const ja: Record<Key, string> = {
   patient: "患者 {id}",
   patient_id: "患者ネットワークID（任意）",
   skip: "本文へ移動",
+  g_rule: "ルームの規則：{actor}は{target}を{action}できる",
+  g_add: "追加",
+  g_remove: "削除",
+  g_own_device: "本人の別の端末",
+  g_leave: "本人が退出",
+  g_consent: "同意 {id}（ユーザー {signer} が署名）",
+  g_consent_revoked: "同意 {id} の撤回（ユーザー {signer}）",
 };
 
 const ROLE_NAMES: Record<Lang, Record<string, string>> = {

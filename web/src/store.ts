@@ -5,7 +5,7 @@
 // a reload never sees a state without its cursor.
 
 import type { PrivateKeyPackage } from "ts-mls";
-import type { Content, DeviceIdentity, Role } from "./mls/tonari.js";
+import type { Content, DeviceIdentity, Grounds, Role } from "./mls/tonari.js";
 
 export interface DeviceRecord {
   serverOrigin: string;
@@ -26,7 +26,8 @@ export interface MemberNote {
   /** Who added this device (undefined: before this device joined). */
   by?: DeviceIdentity;
   seq: number;
-  grounds?: unknown;
+  /** Why the room policy allowed it. */
+  grounds?: Grounds;
 }
 
 export interface RoomRecord {
@@ -54,7 +55,14 @@ export interface MessageRecord {
 }
 
 export type RoomEvent =
-  | { kind: "members"; by?: DeviceIdentity; added: DeviceIdentity[]; removed: DeviceIdentity[]; grounds?: unknown }
+  | {
+      kind: "members";
+      by?: DeviceIdentity;
+      added: DeviceIdentity[];
+      removed: DeviceIdentity[];
+      /** Per "userId:deviceId": why the room policy allowed the change. */
+      grounds?: Record<string, Grounds>;
+    }
   | { kind: "joined" }
   | { kind: "removed" }
   | { kind: "undecryptable" };

@@ -39,6 +39,7 @@ import {
   identityToBytes,
   parseCommitGrounds,
   parseIdentity,
+  readRoomSettings,
   roomExtensions,
   type DeviceIdentity,
   type RoomSettings,
@@ -286,9 +287,20 @@ export type Incoming =
       kind: "commit";
       state: ClientState;
       by: DeviceIdentity | undefined;
+      /** Members brought in by Add proposals. */
       added: Member[];
       removed: DeviceIdentity[];
+      /** Every add/remove, for the room policy (remove: was it the removed
+       * device's own leave request?). */
+      changes: { action: "add" | "remove"; target: DeviceIdentity; selfProposed: boolean }[];
+      /** Every leaf whose key is new in this epoch (adds, updates, the
+       * committer's new path leaf): each must match the directory. */
+      newLeaves: Member[];
+      /** The room settings before the commit (the policy that applies). */
+      settingsBefore: RoomSettings | undefined;
       selfRemoved: boolean;
+      /** The commit's authenticated data (commit grounds: consents). */
+      aad: Uint8Array;
       grounds: unknown;
     }
   | { kind: "proposal"; state: ClientState }
@@ -314,7 +326,8 @@ export async function processIncoming(state: ClientState, bytes: Uint8Array): Pr
   const before = members(state);
   const byLeaf = new Map(before.map((x) => [x.leafIndex, x]));
   let committer: number | undefined;
-  let removedLeaves: number[] = [];
+  let removedLeaves: { removed: number; sender: number | undefined }[] = [];
+  let addedKeyPackages: KeyPackage[] = [];
   let isCommit = false;
   // Only self-removals may come as standalone proposals (leave requests);
   // anything else is refused, as in the Rust SDK.
@@ -324,7 +337,10 @@ export async function processIncoming(state: ClientState, bytes: Uint8Array): Pr
       committer = incoming.senderLeafIndex;
       removedLeaves = incoming.proposals
         .filter((p) => p.proposal.proposalType === "remove")
-        .map((p) => (p.proposal as { remove: { removed: number } }).remove.removed);
+        .map((p) => ({ removed: (p.proposal as { remove: { removed: number } }).remove.removed, sender: p.senderLeafIndex }));
+      addedKeyPackages = incoming.proposals
+        .filter((p) => p.proposal.proposalType === "add")
+        .map((p) => (p.proposal as { add: { keyPackage: KeyPackage } }).add.keyPackage);
       return acceptAll(incoming);
     }
     const p = incoming.proposal;
@@ -340,10 +356,22 @@ export async function processIncoming(state: ClientState, bytes: Uint8Array): Pr
   if (isCommit) {
     const beforeKeys = new Set(before.map((x) => hex(x.signatureKey)));
     const after = members(r.newState);
-    const added = after.filter((x) => !beforeKeys.has(hex(x.signatureKey)));
-    const removed = removedLeaves
-      .map((l) => byLeaf.get(l)?.identity)
-      .filter((x): x is DeviceIdentity => x !== undefined);
+    const newLeaves = after.filter((x) => !beforeKeys.has(hex(x.signatureKey)));
+    const addedKeys = new Set(addedKeyPackages.map((kp) => hex(kp.leafNode.signaturePublicKey)));
+    const added = newLeaves.filter((x) => addedKeys.has(hex(x.signatureKey)));
+    const changes: { action: "add" | "remove"; target: DeviceIdentity; selfProposed: boolean }[] = [];
+    for (const kp of addedKeyPackages) {
+      const cred = kp.leafNode.credential;
+      const id = cred.credentialType === "basic" ? parseIdentity(cred.identity) : undefined;
+      if (id) changes.push({ action: "add", target: id, selfProposed: false });
+    }
+    const removed: DeviceIdentity[] = [];
+    for (const l of removedLeaves) {
+      const id = byLeaf.get(l.removed)?.identity;
+      if (!id) continue;
+      removed.push(id);
+      changes.push({ action: "remove", target: id, selfProposed: l.sender === l.removed });
+    }
     const aad = m.wireformat === "mls_public_message" ? m.publicMessage.content.authenticatedData : new Uint8Array();
     return {
       kind: "commit",
@@ -351,7 +379,11 @@ export async function processIncoming(state: ClientState, bytes: Uint8Array): Pr
       by: committer === undefined ? undefined : byLeaf.get(committer)?.identity,
       added,
       removed,
+      changes,
+      newLeaves,
+      settingsBefore: readRoomSettings(state.groupContext.extensions),
       selfRemoved: r.newState.groupActiveState.kind === "removedFromGroup",
+      aad,
       grounds: parseCommitGrounds(aad),
     };
   }
@@ -399,4 +431,15 @@ async function decryptApplication(
     ? { ...state, historicalReceiverData: new Map(state.historicalReceiverData).set(pm.epoch, { ...past, secretTree: r.tree }) }
     : { ...state, secretTree: r.tree };
   return { kind: "application", state: newState, plaintext: content.applicationData, sender };
+}
+
+/** Verify an Ed25519 signature (consents are signed with a device's MLS
+ * signature key). */
+export async function verifySignature(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  const cs = await suite();
+  try {
+    return await cs.signature.verify(publicKey, message, signature);
+  } catch {
+    return false;
+  }
 }

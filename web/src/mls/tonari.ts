@@ -292,3 +292,160 @@ export function labFlag(flag: string | undefined): "H" | "L" | "HH" | "LL" | "!"
       return "";
   }
 }
+
+// ------------------------------------------------------------ room policy
+// A port of clients/wire `RoomSettings::check`, `SignedConsent::parse` and
+// `check_consent_parties`: clients check every commit again (issue 5).
+
+export type Action = "add" | "remove";
+
+/** Why a membership change was allowed (wire `Grounds`, tagged by kind). */
+export type Grounds =
+  | { kind: "rule"; actor_role: Role; action: Action; target_role: Role }
+  | { kind: "own_device" }
+  | { kind: "leave" }
+  | { kind: "consent"; consent_id: string; signer_user_id: number }
+  | { kind: "consent_revoked"; consent_id: string; signer_user_id: number };
+
+export interface Consent {
+  consent_id: string;
+  room_id: string;
+  patient_network_id: string;
+  subject_user_id: number;
+  granted: boolean;
+  issued_ms: number;
+  signer_user_id: number;
+  signer_device_id: number;
+}
+
+export interface SignedConsent {
+  /** JSON of a Consent, exactly as signed. */
+  consent: string;
+  /** Base64 Ed25519 signature over CONSENT_LABEL + consent. */
+  signature: string;
+}
+
+export const CONSENT_LABEL = "tonari-consent-v1\n";
+
+export function validNetworkId(id: string): boolean {
+  return /^[A-Za-z0-9_-]{1,64}$/.test(id);
+}
+
+/** The consents a commit carries in its AAD (`CommitGrounds`). */
+export function commitConsents(aad: Uint8Array): SignedConsent[] | undefined {
+  if (aad.length === 0) return [];
+  const v = parseCommitGrounds(aad) as { consents?: unknown } | undefined;
+  if (!v || typeof v !== "object") return undefined;
+  if (v.consents === undefined) return [];
+  if (!Array.isArray(v.consents)) return undefined;
+  const out: SignedConsent[] = [];
+  for (const c of v.consents) {
+    if (!c || typeof c.consent !== "string" || typeof c.signature !== "string") return undefined;
+    out.push({ consent: c.consent, signature: c.signature });
+  }
+  return out;
+}
+
+/** Parse a consent and check its form (not its signature). */
+export function parseConsent(s: SignedConsent): Consent | string {
+  let c: Consent;
+  try {
+    c = JSON.parse(s.consent) as Consent;
+  } catch {
+    return "consent: not JSON";
+  }
+  const ints = [c.subject_user_id, c.issued_ms, c.signer_user_id, c.signer_device_id];
+  if (
+    typeof c.consent_id !== "string" ||
+    typeof c.room_id !== "string" ||
+    typeof c.patient_network_id !== "string" ||
+    typeof c.granted !== "boolean" ||
+    !ints.every((n) => Number.isSafeInteger(n))
+  ) {
+    return "consent: missing or mistyped fields";
+  }
+  if (!/^[0-9a-fA-F]{8,64}$/.test(c.consent_id)) return "consent_id must be 8-64 hex characters";
+  if (!validNetworkId(c.patient_network_id)) return "consent names an invalid patient_network_id";
+  return c;
+}
+
+/** Who someone is, as far as consent rules care (from the directory). */
+export interface Party {
+  user_id: number;
+  role: Role;
+  network_id?: string | null;
+  family_of?: { patient_network_id: string; relationship?: string; legal_proxy?: boolean } | null;
+}
+
+export function checkConsentParties(c: Consent, signer: Party, subject: Party): string | undefined {
+  const nid = c.patient_network_id;
+  const isPatient = (p: Party) => p.role === "patient" && p.network_id === nid;
+  const isFamily = (p: Party) => p.role === "family" && p.family_of?.patient_network_id === nid;
+  if (signer.user_id !== c.signer_user_id || subject.user_id !== c.subject_user_id) {
+    return "the consent names other users than its signer and subject";
+  }
+  const proxy = isFamily(signer) && !!signer.family_of?.legal_proxy;
+  if (!isPatient(signer) && !proxy) return `user ${signer.user_id} is neither the patient nor a legal proxy, and may not consent`;
+  if (!isPatient(subject) && !isFamily(subject)) return `user ${subject.user_id} is neither the patient nor their family`;
+  return undefined;
+}
+
+export interface Change {
+  actor: DeviceIdentity;
+  action: Action;
+  target: DeviceIdentity;
+  /** The removal was proposed by the removed device itself (a leave request). */
+  selfProposed: boolean;
+  /** A verified consent for the target's user (grant for add, revocation for remove). */
+  consent?: Consent;
+}
+
+interface Policy {
+  rules: PolicyRule[];
+  allow_bots?: boolean;
+}
+
+/** Room settings as the policy check needs them, or why they are unusable. */
+export function policySettings(s: RoomSettings | undefined): { patient_network_id: string | null; policy: Policy } | string {
+  if (!s) return "the room has no Tonari settings extension";
+  const nid = s.patient_network_id ?? null;
+  if (nid !== null && (typeof nid !== "string" || !validNetworkId(nid))) return "invalid patient_network_id";
+  const p = s.policy as Policy | undefined;
+  if (!p || !Array.isArray(p.rules)) return "room settings without a policy";
+  return { patient_network_id: nid, policy: p };
+}
+
+/** May this change happen? Grounds, or the reason it may not. */
+export function checkChange(settings: { patient_network_id: string | null; policy: Policy }, c: Change): Grounds | string {
+  const { actor, target } = c;
+  const rule = settings.policy.rules.find((r) => r.actor === actor.role);
+  const allows = (action: Action) =>
+    !!rule && !!target.role && (action === "add" ? rule.may_add : rule.may_remove).includes(target.role);
+  const refuse = (why: string) =>
+    `${actor.userId} (${actor.role}) may not ${c.action} device ${target.deviceId} of user ${target.userId} (${target.role}): ${why}`;
+  const byRule = (): Grounds => ({ kind: "rule", actor_role: actor.role!, action: c.action, target_role: target.role! });
+  if (!actor.role || !target.role) return refuse("a credential without a role");
+  if (c.action === "remove") {
+    if (target.deviceId === actor.deviceId || c.selfProposed) return { kind: "leave" };
+    if (target.userId === actor.userId) return { kind: "own_device" };
+    const k = c.consent;
+    if (k && !k.granted && k.subject_user_id === target.userId && settings.patient_network_id === k.patient_network_id) {
+      return { kind: "consent_revoked", consent_id: k.consent_id, signer_user_id: k.signer_user_id };
+    }
+    if (allows("remove")) return byRule();
+    return refuse("the room policy does not allow it");
+  }
+  if (target.userId === actor.userId) return { kind: "own_device" };
+  if (!allows("add")) return refuse("the room policy does not allow it");
+  if (target.role === "bot" && !settings.policy.allow_bots) return refuse("this room does not allow bots");
+  if (target.role === "patient" || target.role === "family") {
+    const nid = settings.patient_network_id;
+    if (!nid) return refuse("a team room has no patient or family members");
+    const k = c.consent;
+    if (k && k.granted && k.subject_user_id === target.userId && k.patient_network_id === nid) {
+      return { kind: "consent", consent_id: k.consent_id, signer_user_id: k.signer_user_id };
+    }
+    return refuse("the patient's consent is missing");
+  }
+  return byRule();
+}

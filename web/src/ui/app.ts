@@ -7,7 +7,7 @@ import { ApiError } from "../api.js";
 import type { Client, MemberView } from "../client.js";
 import { clear, h, on } from "../dom.js";
 import { lang, roleName, setLang, t, type Lang } from "../i18n.js";
-import { defaultRoomSettings, type DeviceIdentity } from "../mls/tonari.js";
+import { defaultRoomSettings, type DeviceIdentity, type Grounds } from "../mls/tonari.js";
 import type { MessageRecord, RoomEvent } from "../store.js";
 import { renderCard } from "./cards.js";
 
@@ -18,6 +18,22 @@ const shortId = (roomId: string) => roomId.slice(0, 8);
 function errorText(e: unknown): string {
   if (e instanceof ApiError) return `${e.code}: ${e.message}`;
   return e instanceof Error ? e.message : String(e);
+}
+
+/** Why a membership change was allowed, as a sentence. */
+export function groundsText(g: Grounds): string {
+  switch (g.kind) {
+    case "rule":
+      return t("g_rule", { actor: roleName(g.actor_role), action: t(g.action === "add" ? "g_add" : "g_remove"), target: roleName(g.target_role) });
+    case "own_device":
+      return t("g_own_device");
+    case "leave":
+      return t("g_leave");
+    case "consent":
+      return t("g_consent", { id: g.consent_id, signer: g.signer_user_id });
+    case "consent_revoked":
+      return t("g_consent_revoked", { id: g.consent_id, signer: g.signer_user_id });
+  }
 }
 
 export class App {
@@ -170,6 +186,7 @@ export class App {
       field("password", t("password"), { type: "password", autocomplete: "current-password", required: true, minlength: "8" }),
       field("totp", t("totp_code"), { inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}" }),
       field("device-name", t("device_name"), { value: stored?.deviceName ?? "browser", required: true, maxlength: "128" }),
+      field("invitation", t("invitation_code"), { autocomplete: "off" }),
       h(
         "div",
         { class: "actions" },
@@ -208,7 +225,7 @@ export class App {
     on(form.querySelector<HTMLElement>("#register")!, "click", () => {
       if (!form.reportValidity()) return;
       void this.guard(async () => {
-        await this.client.register(val("username").trim(), val("password"));
+        await this.client.register(val("username").trim(), val("password"), val("invitation").trim() || undefined);
         this.say(t("account_created"));
       });
     });
@@ -409,7 +426,8 @@ export class App {
         if (e.added.length) parts.push(t("ev_added", { names: await names(e.added) }));
         if (e.removed.length) parts.push(t("ev_removed", { names: await names(e.removed) }));
         let s = t("ev_members", { by: e.by ? await this.client.nameOf(e.by) : "?", changes: parts.join("; ") });
-        if (e.grounds !== undefined) s += ` — ${t("grounds", { text: JSON.stringify(e.grounds) })}`;
+        const why = [...new Set(Object.values(e.grounds ?? {}).map(groundsText))];
+        if (why.length) s += ` — ${t("grounds", { text: why.join("; ") })}`;
         return s;
       }
     }
@@ -464,7 +482,7 @@ export class App {
       { class: "member", "data-user": m.username },
       h("span", { class: "who" }, m.username, m.self ? ` (${t("you")})` : ""),
       h("span", { class: "meta" }, [roleName(m.identity.role), m.deviceName, added].filter(Boolean).join(" · ")),
-      m.grounds !== undefined ? h("span", { class: "meta" }, t("grounds", { text: JSON.stringify(m.grounds) })) : null,
+      m.grounds ? h("span", { class: "meta grounds" }, t("grounds", { text: groundsText(m.grounds) })) : null,
       removeBtn,
     );
   }
