@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { WAIT, PASSWORD, cleanup, launch, register, startServer, tmp } from "./harness.mjs";
+import { WAIT, PASSWORD, cleanup, launch, openPage, register, startServer, tmp } from "./harness.mjs";
 
 /** RFC 6238 (SHA-1, 6 digits, 30 s) for a base32 secret, `offset` s ahead. */
 function totp(secretBase32, offset = 0) {
@@ -84,4 +84,32 @@ test("language, TOTP, devices, logout and re-login", { timeout: 300_000 }, async
   const storage = await page.evaluate(() => JSON.stringify({ ...localStorage, ...sessionStorage }));
   assert.equal(storage, JSON.stringify({ "tonari.lang": "en" }));
   assert.deepEqual(dialogs, []);
+});
+
+test("a role that requires TOTP enrols it before anything else", { timeout: 300_000 }, async (t) => {
+  const dir = tmp();
+  const server = await startServer(dir, { TONARI_TOTP_REQUIRED_ROLES: "doctor,nurse" });
+  const browser = await launch();
+  t.after(async () => {
+    await browser.close();
+    await server.stop();
+    cleanup(dir);
+  });
+  await register(server, "dana", "doctor");
+  const { page, errors } = await openPage(browser, server, { width: 360, height: 740 });
+  await page.getByLabel("Username").fill("dana");
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByText("Your role requires an authenticator app").waitFor({ timeout: WAIT });
+  await page.getByRole("button", { name: "Set up an authenticator app" }).click();
+  const secret = (await page.locator("#totp-out p").first().textContent({ timeout: WAIT })).replace(/^Secret: /, "").trim();
+  await page.getByLabel("Code from the app").fill(totp(secret));
+  await page.getByRole("button", { name: "Turn on" }).click();
+  await page.getByText("The authenticator app is on.").waitFor({ timeout: WAIT });
+  // From now on the session works: key packages, WebSocket, rooms.
+  await page.locator("#conn[data-online=true]").waitFor({ timeout: WAIT });
+  await page.getByRole("button", { name: "Care rooms" }).click();
+  await page.getByRole("button", { name: "New room" }).click();
+  await page.locator("section.room").waitFor({ timeout: WAIT });
+  assert.deepEqual(errors, []);
 });
