@@ -636,6 +636,22 @@ export class Client {
           }
         }
       } catch (e) {
+        if (env.kind === "commit" && mls.commitRemovesSelf(mls.loadState(r.state), bytes)) {
+          // ts-mls cannot process a commit that removes us and re-fills our
+          // leaf with an add (see commitRemovesSelf). The server validated
+          // its signature; being removed needs nothing from the next epoch.
+          await this.store.saveRoom(
+            { ...r, cursor: env.seq, status: "removed", state: null, pending: undefined },
+            {
+              messages: [
+                { roomId: r.roomId, seq: env.seq, sender: null, content: { type: "event", event: { kind: "removed" } }, ts: env.ts_ms },
+              ],
+            },
+          );
+          this.emit({ type: "room", roomId: r.roomId });
+          this.emit({ type: "rooms" });
+          return false;
+        }
         if (env.kind === "commit") {
           // A commit that does not verify: the room can no longer be trusted.
           console.warn("refusing a commit that does not verify", env.room_id, env.seq);

@@ -4,6 +4,7 @@
 
 import {
   acceptAll,
+  bytesToBase64,
   createApplicationMessage,
   createCommit,
   createGroup,
@@ -442,4 +443,31 @@ export async function verifySignature(publicKey: Uint8Array, message: Uint8Array
   } catch {
     return false;
   }
+}
+
+/** Does this commit (a PublicMessage) remove this device's leaf, by value or
+ * by reference to a stored proposal? Needed because ts-mls 1.6.4 cannot
+ * process a commit that removes us and also adds someone: applyProposals
+ * (clientState.js) decides "self removed" by whether our leaf is blank after
+ * all proposals, but RFC 9420 applies removes before adds and an add takes
+ * the leftmost blank leaf, i.e. ours. ts-mls then tries to decrypt the
+ * UpdatePath with keys that are no longer on it and throws
+ * "No overlap between provided private keys and update path". */
+export function commitRemovesSelf(state: ClientState, bytes: Uint8Array): boolean {
+  let m: MLSMessage;
+  try {
+    m = decodeMessage(bytes);
+  } catch {
+    return false;
+  }
+  if (m.wireformat !== "mls_public_message") return false;
+  const content = m.publicMessage.content;
+  if (content.contentType !== "commit") return false;
+  const me = ownLeafIndex(state);
+  for (const p of content.commit.proposals) {
+    const proposal =
+      p.proposalOrRefType === "proposal" ? p.proposal : state.unappliedProposals[bytesToBase64(p.reference)]?.proposal;
+    if (proposal?.proposalType === "remove" && (proposal as { remove: { removed: number } }).remove.removed === me) return true;
+  }
+  return false;
 }
