@@ -82,6 +82,9 @@ test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => 
   await b.page.locator(`#room-list button[data-room="${roomId}"] .badge`).waitFor({ state: "detached", timeout: WAIT });
   // Who added whom: bob learns it from the Welcome's signer, alice made the room.
   await b.page.locator("#member-list li[data-user=bob] .meta", { hasText: "added by alice" }).first().waitFor({ timeout: WAIT });
+  await b.page
+    .locator("#member-list li[data-user=bob] .grounds", { hasText: "room policy: a Doctor may add a Nurse" })
+    .waitFor({ timeout: WAIT });
   await a.page.locator("#member-list li[data-user=alice] .meta", { hasText: "created the room" }).first().waitFor({ timeout: WAIT });
 
   // Rust → browsers.

@@ -518,7 +518,7 @@ export class Client {
         cursor: w.commit_seq,
         status: trusted ? "active" : "untrusted",
         lastRead: w.commit_seq,
-        notes: adder ? { [idKey(this.identity)]: { by: adder, seq: w.commit_seq } } : {},
+        notes: adder ? { [idKey(this.identity)]: { by: adder, seq: w.commit_seq, grounds: this.ownJoinGrounds(state, adder) } } : {},
       };
       const event: MessageRecord = {
         roomId: w.room_id,
@@ -674,6 +674,15 @@ export class Client {
    * have settings and every commit is checked against the room policy. */
   get careTeam(): boolean {
     return this.device?.role !== undefined;
+  }
+
+  /** Why the room policy let `adder` add this device (shown, not enforced:
+   * the Welcome's epoch is already agreed by the other members). */
+  private ownJoinGrounds(state: ReturnType<typeof mls.loadState>, adder: DeviceIdentity): Grounds | undefined {
+    const ps = policySettings(readRoomSettings(state.groupContext.extensions));
+    if (typeof ps === "string") return undefined;
+    const g = checkChange(ps, { actor: adder, action: "add", target: this.identity, selfProposed: false });
+    return typeof g === "string" ? undefined : g;
   }
 
   /** Decide every membership change of another member's commit under the
