@@ -66,6 +66,10 @@ pub async fn upgrade(
         (None, None) => return ApiError(Error::unauthenticated()).into_response(),
     };
     let auth = match s.accounts.authenticate(token).await {
+        // Like `Auth`: a session that still has to enrol TOTP gets no socket.
+        Ok(auth) if auth.restricted => {
+            return ApiError(crate::http::totp_enrollment_required()).into_response();
+        }
         Ok(auth) => auth,
         Err(e) => return ApiError(e).into_response(),
     };
