@@ -76,6 +76,10 @@ pub struct Config {
     pub smtp_url: String,
     /// The From address of e-mails.
     pub mail_from: String,
+    /// Origins (e.g. `https://care.example.org`) besides the server's own
+    /// whose pages may open the WebSocket. A WebSocket upgrade that carries
+    /// an `Origin` header matching neither is refused (403).
+    pub allowed_origins: Vec<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
 }
@@ -114,6 +118,7 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8480".to_string(),
             smtp_url: String::new(),
             mail_from: "Tonari <tonari@localhost>".to_string(),
+            allowed_origins: Vec::new(),
             log_filter: "info".to_string(),
         }
     }
@@ -225,6 +230,14 @@ impl Config {
             "public_url" => self.public_url = value.to_string(),
             "smtp_url" => self.smtp_url = value.to_string(),
             "mail_from" => self.mail_from = value.to_string(),
+            "allowed_origins" => {
+                self.allowed_origins = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
             "log_filter" => self.log_filter = value.to_string(),
             // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
             _ => {}
@@ -302,6 +315,10 @@ public_url = "{public_url}"
 smtp_url = ""
 # The From address of e-mails.
 mail_from = "{mail_from}"
+# Origins besides the server's own whose web pages may open the WebSocket
+# (env: comma-separated), e.g. ["https://care.example.org"]. An upgrade with an
+# Origin header that matches neither is refused; native clients send none.
+allowed_origins = []
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
 "#,

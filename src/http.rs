@@ -178,7 +178,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this endpoint does not take that HTTP method",
             ))
         })
-        .fallback(|| async { ApiError(Error::new(ErrorCode::NotFound, "no such endpoint")) })
+        // `/v1/...` keeps its JSON 404; other GETs serve the web client.
+        .fallback(crate::web::fallback)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

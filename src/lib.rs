@@ -16,6 +16,7 @@ pub mod mls;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 pub use app::{App, AppError};

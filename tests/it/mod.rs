@@ -11,4 +11,5 @@ pub mod policy;
 pub mod restart;
 pub mod rooms;
 pub mod totp;
+pub mod web;
 pub mod websocket;
