@@ -180,14 +180,21 @@ pub struct Accounts {
     account_failures: Limiter,
     registration: Registration,
     totp_required_roles: Vec<Role>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Most cached sessions (the cache is cleared when full).
 const SESSION_CACHE_MAX: usize = 100_000;
 
 impl Accounts {
-    pub async fn new(store: Store, writer: Writer, config: &crate::Config) -> Result<Self> {
+    pub async fn new(
+        store: Store,
+        writer: Writer,
+        config: &crate::Config,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self> {
         Ok(Accounts {
+            metrics,
             store,
             writer,
             session_ttl_ms: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
@@ -298,6 +305,24 @@ impl Accounts {
     }
 
     pub async fn login(&self, req: LoginRequest, peer: std::net::IpAddr) -> Result<LoginResponse> {
+        let res = self.login_inner(req, peer).await;
+        self.metrics.login(match &res {
+            Ok(_) => "ok",
+            Err(e) => match e.code {
+                ErrorCode::RateLimited => "rate_limited",
+                ErrorCode::TotpRequired | ErrorCode::TotpInvalid => "totp_refused",
+                ErrorCode::LoginFailed => "failed",
+                _ => "error",
+            },
+        });
+        res
+    }
+
+    async fn login_inner(
+        &self,
+        req: LoginRequest,
+        peer: std::net::IpAddr,
+    ) -> Result<LoginResponse> {
         let failed = || Error::new(ErrorCode::LoginFailed, "wrong username or password");
         let now = now_ms();
         // Every attempt counts against the client address.

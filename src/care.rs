@@ -468,7 +468,9 @@ pub async fn console_admin_invitation(
     let store = Store::open(&config.database()?)
         .await
         .map_err(|e| e.to_string())?;
-    let (writer, task) = crate::store::writer::spawn(&store, 16, 16).map_err(|e| e.to_string())?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let (writer, task) =
+        crate::store::writer::spawn(&store, 16, 16, metrics).map_err(|e| e.to_string())?;
     let result = async {
         let existing = store
             .orgs()

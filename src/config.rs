@@ -80,6 +80,8 @@ pub struct Config {
     /// whose pages may open the WebSocket. A WebSocket upgrade that carries
     /// an `Origin` header matching neither is refused (403).
     pub allowed_origins: Vec<String>,
+    /// Serve Prometheus metrics at `/metrics` (counts only, no ids or content).
+    pub metrics_enabled: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
 }
@@ -119,6 +121,7 @@ impl Default for Config {
             smtp_url: String::new(),
             mail_from: "Tonari <tonari@localhost>".to_string(),
             allowed_origins: Vec::new(),
+            metrics_enabled: true,
             log_filter: "info".to_string(),
         }
     }
@@ -238,6 +241,13 @@ impl Config {
                     .map(str::to_string)
                     .collect();
             }
+            "metrics_enabled" => {
+                self.metrics_enabled = match value {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err("expected true or false".to_string()),
+                }
+            }
             "log_filter" => self.log_filter = value.to_string(),
             // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
             _ => {}
@@ -319,6 +329,9 @@ mail_from = "{mail_from}"
 # (env: comma-separated), e.g. ["https://care.example.org"]. An upgrade with an
 # Origin header that matches neither is refused; native clients send none.
 allowed_origins = []
+# Serve Prometheus metrics at /metrics (counts and latencies only: no ids,
+# no content). Keep /metrics away from the public internet at the proxy.
+metrics_enabled = true
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
 "#,

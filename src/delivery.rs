@@ -113,6 +113,7 @@ pub struct DeliveryService {
     /// from the store on next use).
     room_cache_max: usize,
     inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -297,11 +298,18 @@ fn epoch_conflict(current: u64, got: u64) -> Error {
 }
 
 impl DeliveryService {
-    pub fn new(store: Store, hub: Arc<Hub>, writer: Writer, room_cache_max: usize) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        writer: Writer,
+        room_cache_max: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         DeliveryService {
             store,
             hub,
             writer,
+            metrics,
             rooms: Mutex::new(RoomCache::default()),
             room_cache_max: room_cache_max.max(1),
             inflight: Arc::new(Mutex::new(HashMap::new())),
@@ -540,6 +548,19 @@ impl DeliveryService {
         room_id: &str,
         req: SubmitRequest,
     ) -> Result<Pending> {
+        let res = self.enqueue_inner(auth, room_id, req).await;
+        if let Err(e) = &res {
+            self.metrics.refused(e.code.as_str());
+        }
+        res
+    }
+
+    async fn enqueue_inner(
+        &self,
+        auth: AuthDevice,
+        room_id: &str,
+        req: SubmitRequest,
+    ) -> Result<Pending> {
         if req.txn_id.is_empty() || req.txn_id.len() > MAX_TXN_ID {
             return Err(Error::new(
                 ErrorCode::InvalidRequest,
@@ -674,7 +695,7 @@ impl DeliveryService {
             frame,
             (room.poisoned.clone(), room.pending.clone()),
             key,
-            result_tx,
+            (result_tx, started),
         );
         let validated = started.elapsed();
         if let Err(stopped) = self.writer.submit(Job { append, done }).await {
@@ -706,9 +727,10 @@ impl DeliveryService {
         frame: Utf8Bytes,
         (poisoned, pending): (Arc<AtomicBool>, Arc<AtomicUsize>),
         key: InFlightKey,
-        result: watch::Sender<Option<Result<Ack, String>>>,
+        (result, started): (watch::Sender<Option<Result<Ack, String>>>, Instant),
     ) -> Completion {
         let hub = self.hub.clone();
+        let metrics = self.metrics.clone();
         let inflight = self.inflight.clone();
         let removed = append.removed_devices.clone();
         let welcome = append
@@ -750,6 +772,16 @@ impl DeliveryService {
                         device_id,
                         "message accepted"
                     );
+                    let kind = crate::store::kind_str(ack.kind);
+                    metrics
+                        .accepted
+                        .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+                        .inc();
+                    if ack.kind == MessageKind::Commit {
+                        metrics
+                            .commit_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                     let _ = result.send(Some(Ok(ack)));
                 }
                 Err(e) => {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod mailer;
+pub mod metrics;
 pub mod mls;
 pub mod policy;
 pub mod ratelimit;

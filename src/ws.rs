@@ -114,6 +114,7 @@ enum ForwardEnd {
 async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     let device_id = auth.device_id;
     tracing::debug!(device_id, "websocket connected");
+    s.metrics.ws_connections.inc();
     let (conn_id, mut device_events) = s.hub.register_device(device_id);
     let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(s.config.ws_outbound_queue.max(1));
     let mut forwarders: JoinSet<Result<ForwardEnd, Error>> = JoinSet::new();
@@ -203,16 +204,22 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                 // syscall for a burst instead of one per frame.
                 let write = async {
                     sink.feed(Message::Text(frame)).await?;
+                    let mut frames = 1u64;
                     for _ in 1..MAX_FRAMES_PER_FLUSH {
                         match out_rx.try_recv() {
-                            Ok(f) => sink.feed(Message::Text(f)).await?,
+                            Ok(f) => {
+                                sink.feed(Message::Text(f)).await?;
+                                frames += 1;
+                            }
                             Err(_) => break,
                         }
                     }
-                    sink.flush().await
+                    sink.flush().await.map(|()| frames)
                 };
                 match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(frames)) => {
+                        s.metrics.delivered.inc_by(frames);
+                    }
                     _ => break None,
                 }
             }
@@ -245,6 +252,10 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
         task.handle.abort();
     }
     s.hub.unregister_device(device_id, conn_id);
+    s.metrics.ws_connections.dec();
+    if close.is_some_and(|c| c.0 == close_codes::SLOW_CONSUMER) {
+        s.metrics.queue_drop("websocket_outbound");
+    }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,

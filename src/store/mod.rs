@@ -246,6 +246,12 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// A trivial query: is the database there?
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     // ------------------------------------------------------------ accounts
 
     pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRow>> {

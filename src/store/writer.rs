@@ -144,6 +144,7 @@ pub fn spawn(
     store: &Store,
     queue: usize,
     max_batch: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
     let sink: Box<dyn BatchSink> = match store.database() {
         Database::Sqlite(path) => {
@@ -161,7 +162,7 @@ pub fn spawn(
         }),
     };
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let handle = tokio::task::spawn_blocking(move || run(sink, rx, max_batch.max(1)));
+    let handle = tokio::task::spawn_blocking(move || run(sink, rx, max_batch.max(1), metrics));
     Ok((Writer { tx }, handle))
 }
 
@@ -186,7 +187,12 @@ fn audit_head(conn: &Connection) -> Result<AuditHead, StoreError> {
     })
 }
 
-fn run(mut sink: Box<dyn BatchSink>, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+fn run(
+    mut sink: Box<dyn BatchSink>,
+    mut rx: mpsc::Receiver<Msg>,
+    max_batch: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut audits: Vec<AuditJob> = Vec::new();
     let mut stopping = false;
@@ -218,6 +224,10 @@ fn run(mut sink: Box<dyn BatchSink>, mut rx: mpsc::Receiver<Msg>, max_batch: usi
         let started = std::time::Instant::now();
         match sink.write(&batch, &audits) {
             Ok(welcome_ids) => {
+                metrics
+                    .write_batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.write_batch_size.observe(batch.len() as f64);
                 tracing::trace!(
                     jobs = batch.len(),
                     us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -76,6 +76,7 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
             format!("/v1/rooms/{room}"),
             "/v1/rooms".to_string(),
             "/v1/welcomes".to_string(),
+            "/metrics".to_string(),
         ] {
             let resp = reqwest::Client::new()
                 .get(format!("{url}{path}"))

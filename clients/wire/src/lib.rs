@@ -69,6 +69,10 @@ pub mod paths {
     pub const WS: &str = "/v1/ws";
     /// GET → `ok` (liveness).
     pub const HEALTH: &str = "/health";
+    /// GET → 200 `{"status":"ready",…}` when the database answers, else 503.
+    pub const READY: &str = "/ready";
+    /// GET → Prometheus metrics (text format), when `metrics_enabled`.
+    pub const METRICS: &str = "/metrics";
 
     /// Fill `{name}` placeholders of a path template.
     pub fn fill(template: &str, args: &[(&str, &str)]) -> String {
