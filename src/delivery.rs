@@ -203,6 +203,12 @@ impl Pending {
                     .clone();
                 match outcome {
                     Some(Ok(ack)) => ack,
+                    Some(Err(e)) if e.contains("room seq moved") => {
+                        return Err(Error::new(
+                            ErrorCode::Unavailable,
+                            "the room changed on another server meanwhile; retry with the same txn_id",
+                        ));
+                    }
                     Some(Err(e)) => return Err(Error::internal(e)),
                     None => return Err(Error::internal("no outcome")),
                 }
@@ -493,7 +499,7 @@ impl DeliveryService {
     pub async fn room_info(&self, auth: AuthDevice, room_id: &str) -> Result<RoomInfo> {
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
-        self.ensure_loaded(room_id, &mut guard).await?;
+        self.ensure_fresh(room_id, &mut guard).await?;
         let room = guard.as_ref().ok_or_else(room_not_found)?;
         if !room.members.contains(&auth.device_id) {
             return Err(not_a_member());
@@ -519,6 +525,23 @@ impl DeliveryService {
             }
         }
         Ok(out)
+    }
+
+    /// [`Self::ensure_loaded`], and on PostgreSQL (which other server
+    /// processes may share) reload the room if it moved on there. Two
+    /// processes racing for the same seq are stopped by the writer's guard;
+    /// the loser's senders get 503 and retry.
+    async fn ensure_fresh(&self, room_id: &str, slot: &mut Option<Room>) -> Result<()> {
+        self.ensure_loaded(room_id, slot).await?;
+        if self.store.database().is_postgres()
+            && let Some(room) = slot.as_ref()
+            && room.pending.load(Ordering::Acquire) == 0
+            && self.store.room_last_seq(room_id).await? != Some(room.last_seq)
+        {
+            *slot = None;
+            self.ensure_loaded(room_id, slot).await?;
+        }
+        Ok(())
     }
 
     async fn ensure_loaded(&self, room_id: &str, slot: &mut Option<Room>) -> Result<()> {
@@ -577,7 +600,7 @@ impl DeliveryService {
         {
             *guard = None;
         }
-        self.ensure_loaded(room_id, &mut guard).await?;
+        self.ensure_fresh(room_id, &mut guard).await?;
 
         // Idempotency first: a retry of an accepted message gets its first
         // ack, even though the room has moved on since. The room keeps the
@@ -915,6 +938,10 @@ impl DeliveryService {
                             .map(|p| p.target.device_id)
                             .collect();
                         // A revoked consent: the commit must take those people out.
+                        // (Another server process may have recorded one.)
+                        if self.store.database().is_postgres() {
+                            room.revoked = revoked_users(&self.store.consents(&room.id).await?);
+                        }
                         if let Some(stays) = room.pg.members().find_map(|m| {
                             mls::identity_of(&m.credential).filter(|id| {
                                 room.revoked.contains(&id.user_id)

@@ -528,6 +528,15 @@ impl Store {
         Ok(true)
     }
 
+    /// The stored last seq of a room (cheap freshness check).
+    pub async fn room_last_seq(&self, room_id: &str) -> StoreResult<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.map(to_u64))
+    }
+
     pub async fn load_room(&self, room_id: &str) -> StoreResult<Option<RoomRow>> {
         let Some(row) = sqlx::query("SELECT epoch, last_seq FROM rooms WHERE id = $1")
             .bind(room_id)

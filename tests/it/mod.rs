@@ -7,6 +7,7 @@ pub mod concurrency;
 pub mod crash;
 pub mod directory;
 pub mod login_limits;
+pub mod multinode;
 pub mod ops;
 pub mod policy;
 pub mod restart;
