@@ -24,6 +24,8 @@ pub struct AppState {
     pub delivery: DeliveryService,
     pub care: crate::care::CareService,
     pub hub: Arc<Hub>,
+    /// Push to and from other server processes (NATS), if configured.
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub store: Store,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -69,6 +71,27 @@ impl App {
         let store = Store::open(&database).await?;
         let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let cluster = if config.nats_url.trim().is_empty() {
+            crate::cluster::Cluster::single(metrics.clone())
+        } else {
+            if !database.is_postgres() {
+                return Err(AppError::Startup(
+                    "nats_url is for several servers sharing one PostgreSQL database; set database_url to postgres://… (or leave nats_url empty)".into(),
+                ));
+            }
+            crate::cluster::Cluster::connect(
+                config.nats_url.trim(),
+                hub.clone(),
+                metrics.clone(),
+                &tasks,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(AppError::Startup)?
+        };
+        let cluster = Arc::new(cluster);
         let (writer, writer_task) = crate::store::writer::spawn(
             &store,
             config.write_queue,
@@ -87,6 +110,7 @@ impl App {
             writer,
             config.room_cache_max,
             metrics.clone(),
+            cluster.clone(),
         );
         let listener = TcpListener::bind(config.listen)
             .await
@@ -102,9 +126,10 @@ impl App {
             delivery,
             care,
             hub,
+            cluster,
             store,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
         });
         Ok(App {
             listener,
