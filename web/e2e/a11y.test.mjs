@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { WAIT, cleanup, launch, openPage, register, startServer, tmp, uiLogin, waitForMessage } from "./harness.mjs";
+import { openPage, register, setup, uiLogin, WAIT, waitForMessage } from "./harness.mjs";
 
 const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
@@ -19,14 +19,7 @@ async function axe(page) {
 }
 
 test("login and care room pass axe's WCAG 2 A/AA rules", { timeout: 300_000 }, async (t) => {
-  const dir = tmp();
-  const server = await startServer(dir);
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-    cleanup(dir);
-  });
+  const { dir, server, browser } = await setup(t);
   await register(server, "ayumi");
   for (const viewport of [{ width: 360, height: 740 }, { width: 1280, height: 800 }]) {
     const { page, context } = await openPage(browser, server, viewport);

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { WAIT, PASSWORD, cleanup, launch, openPage, register, startServer, tmp } from "./harness.mjs";
+import { openPage, PASSWORD, register, setup, WAIT } from "./harness.mjs";
 
 /** RFC 6238 (SHA-1, 6 digits, 30 s) for a base32 secret, `offset` s ahead. */
 function totp(secretBase32, offset = 0) {
@@ -20,14 +20,7 @@ function totp(secretBase32, offset = 0) {
 }
 
 test("language, TOTP, devices, logout and re-login", { timeout: 300_000 }, async (t) => {
-  const dir = tmp();
-  const server = await startServer(dir);
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-    cleanup(dir);
-  });
+  const { dir, server, browser } = await setup(t);
   await register(server, "nina");
 
   // A Japanese browser gets Japanese; the switch overrides, and sticks.
@@ -87,14 +80,7 @@ test("language, TOTP, devices, logout and re-login", { timeout: 300_000 }, async
 });
 
 test("a role that requires TOTP enrols it before anything else", { timeout: 300_000 }, async (t) => {
-  const dir = tmp();
-  const server = await startServer(dir, { TONARI_TOTP_REQUIRED_ROLES: "doctor,nurse" });
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-    cleanup(dir);
-  });
+  const { dir, server, browser } = await setup(t, { TONARI_TOTP_REQUIRED_ROLES: "doctor,nurse" });
   await register(server, "dana", "doctor");
   const { page, errors } = await openPage(browser, server, { width: 360, height: 740 });
   await page.getByLabel("Username").fill("dana");

@@ -6,18 +6,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
 import {
-  WAIT,
-  cleanup,
   cli,
   cliUntil,
-  launch,
   openPage,
   register,
   screenshotPath,
-  startServer,
+  setup,
   timelineTexts,
-  tmp,
   uiLogin,
+  WAIT,
   waitForMessage,
 } from "./harness.mjs";
 
@@ -35,14 +32,7 @@ const XSS = [
 ];
 
 test("care room: browsers and the Rust CLI", { timeout: 600_000 }, async (t) => {
-  const dir = tmp();
-  const server = await startServer(dir);
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-    cleanup(dir);
-  });
+  const { dir, server, browser } = await setup(t);
   const carolDir = path.join(dir, "carol");
 
   // Accounts: alice through the page's own form, bob and carol directly.

@@ -162,3 +162,16 @@ export function screenshotPath(name) {
 export function cleanup(dir) {
   rmSync(dir, { recursive: true, force: true });
 }
+
+/** A temp dir, a real server in it and Chromium, all cleaned up after test `t`. */
+export async function setup(t, env = {}) {
+  const dir = tmp();
+  const server = await startServer(dir, env);
+  const browser = await launch();
+  t.after(async () => {
+    await browser.close();
+    await server.stop();
+    cleanup(dir);
+  });
+  return { dir, server, browser };
+}

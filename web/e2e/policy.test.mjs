@@ -3,17 +3,10 @@
 // doctor may; grounds are shown in the member list.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WAIT, cleanup, launch, openPage, register, startServer, tmp, uiLogin } from "./harness.mjs";
+import { openPage, register, setup, uiLogin, WAIT } from "./harness.mjs";
 
 test("room policy in the browser", { timeout: 300_000 }, async (t) => {
-  const dir = tmp();
-  const server = await startServer(dir);
-  const browser = await launch();
-  t.after(async () => {
-    await browser.close();
-    await server.stop();
-    cleanup(dir);
-  });
+  const { dir, server, browser } = await setup(t);
   await register(server, "doc", "doctor");
   await register(server, "phil", "pharmacist");
   await register(server, "nora", "nurse");
