@@ -289,12 +289,10 @@ async fn nats_pushes_between_nodes_and_nothing_is_lost_while_it_is_down() {
         tokio::time::timeout(WAIT, async {
             while got.last() != Some(&last) {
                 if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = ws.next().await
-                {
-                    if let Ok(tonari_wire::ServerFrame::Message { envelope }) =
+                    && let Ok(tonari_wire::ServerFrame::Message { envelope }) =
                         serde_json::from_str(&t)
-                    {
-                        got.push(envelope.seq);
-                    }
+                {
+                    got.push(envelope.seq);
                 }
             }
         })
