@@ -103,6 +103,10 @@ struct Args {
     /// dropped per scenario with psql).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pg_server: String,
+    /// With --nodes > 1: put every sender on the first node (receivers stay
+    /// spread), so messages cross nodes only through NATS fan-out.
+    #[arg(long)]
+    senders_on_first_node: bool,
     /// NATS for --nodes > 1.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -340,6 +344,7 @@ async fn traffic_row(
             rate_total,
             plaintext_bytes: a.message_bytes,
             transport,
+            senders_on_first_node: a.senders_on_first_node,
         };
         let out = traffic::run(&servers, &room, &members, &spec).await?;
         Ok::<_, anyhow::Error>((out, transport))
@@ -396,6 +401,9 @@ async fn traffic_row(
             if a.nodes > 1 { "s" } else { "" },
             if a.nodes > 1 { " + NATS" } else { "" }
         ));
+        if a.nodes > 1 && a.senders_on_first_node {
+            notes.push("senders on node 1, receivers on both".into());
+        }
     }
     let row = Row {
         scenario: label.to_string(),

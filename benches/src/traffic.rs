@@ -45,6 +45,9 @@ pub struct Spec {
     pub rate_total: Option<f64>,
     pub plaintext_bytes: usize,
     pub transport: Transport,
+    /// With several nodes: every sender on the first node (receivers are
+    /// always spread), so only fan-out crosses nodes.
+    pub senders_on_first_node: bool,
 }
 
 pub struct Outcome {
@@ -122,6 +125,13 @@ pub async fn run(
 ) -> Result<Outcome> {
     let server = &servers[0];
     let node = |i: usize| &servers[i % servers.len()];
+    let sender_node = |i: usize| {
+        if spec.senders_on_first_node {
+            &servers[0]
+        } else {
+            node(i)
+        }
+    };
     let usage = || -> Result<Usage> {
         let mut total = Usage {
             cpu_ticks: 0,
@@ -194,7 +204,7 @@ pub async fn run(
                     .zip(&txns)
                     .map(|(ct, t)| ws::send_text(room, t, ct).map(Message::text))
                     .collect::<Result<Vec<_>>>()?;
-                let conn = ws::connect(node(s).addr(), &members[s].token, false).await?;
+                let conn = ws::connect(sender_node(s).addr(), &members[s].token, false).await?;
                 Plan::Ws {
                     conn: Box::new(conn),
                     frames,
@@ -219,7 +229,7 @@ pub async fn run(
                     http,
                     url: format!(
                         "{}{}",
-                        node(s).url,
+                        sender_node(s).url,
                         paths::fill(paths::ROOM_MESSAGES, &[("room_id", room)])
                     ),
                     token: members[s].token.clone(),
