@@ -5,14 +5,17 @@
 pub mod accounts;
 pub mod app;
 pub mod audit;
+pub mod bots;
 pub mod care;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod ingest;
 pub mod mailer;
 pub mod mls;
+pub mod notify;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;

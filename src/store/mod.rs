@@ -7,6 +7,7 @@
 pub mod care;
 pub mod mls_state;
 pub mod writer;
+pub mod bots; pub mod notify;
 
 use sqlx::Row;
 use sqlx::sqlite::{

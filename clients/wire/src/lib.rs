@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod cards;
+pub use cards::{Card, LabCard, LabFlag, LabResult, SummaryCard};
 pub mod care;
 pub use care::{
     Action, Change, CommitGrounds, Consent, ConsentList, CreateInvitation, CreateOrgRequest,
