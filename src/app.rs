@@ -60,6 +60,7 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     mllp: Option<TcpListener>,
     mllp_addr: Option<SocketAddr>,
+    bots_ready: tokio::sync::watch::Sender<usize>,
 }
 
 impl App {
@@ -90,8 +91,7 @@ impl App {
         let bots_store = crate::store::bots::BotStore::open(&config.bots_database_path())
             .await
             .map_err(|e| AppError::Startup(format!("cannot open the bots' database: {e}")))?;
-        let keys =
-            crate::ingest::parse_keys(&config.ingest_api_keys).map_err(AppError::Startup)?;
+        let keys = crate::ingest::parse_keys(&config.ingest_api_keys).map_err(AppError::Startup)?;
         if config.bots_enabled {
             crate::bots::ensure_accounts(&store, &bots_store)
                 .await
@@ -134,6 +134,7 @@ impl App {
             writer_task,
             mllp,
             mllp_addr,
+            bots_ready: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -144,6 +145,12 @@ impl App {
     /// The MLLP listener's address, when `mllp_listen` is set.
     pub fn mllp_addr(&self) -> Option<SocketAddr> {
         self.mllp_addr
+    }
+
+    /// How many in-process bots are logged in and listening (tests wait
+    /// for this before they start).
+    pub fn bots_ready(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.bots_ready.subscribe()
     }
 
     /// The URL the in-process bots use to reach this server.
@@ -188,7 +195,13 @@ impl App {
                 )),
                 _ => None,
             };
-            let ctx = crate::bots::context(own_url, &state.config.data_dir, &state.ingest, notifier);
+            let ctx = crate::bots::context(
+                own_url,
+                &state.config.data_dir,
+                &state.ingest,
+                notifier,
+                self.bots_ready.clone(),
+            );
             crate::bots::spawn(ctx, token.clone(), &state.tasks);
         }
         let router = crate::http::router(state.clone());

@@ -162,7 +162,10 @@ impl Mailer {
             .map_err(Error::internal)?;
         transport.send(message).await.map_err(|e| {
             tracing::warn!(error = %e, "result notice e-mail could not be sent");
-            Error::new(ErrorCode::Unavailable, "the notice e-mail could not be sent")
+            Error::new(
+                ErrorCode::Unavailable,
+                "the notice e-mail could not be sent",
+            )
         })?;
         Ok(())
     }

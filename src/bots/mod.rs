@@ -110,6 +110,8 @@ pub struct BotContext {
     pub bots: BotStore,
     pub wake: Arc<Notify>,
     pub notifier: Option<Notifier>,
+    /// Counts bots that are logged in and listening.
+    pub ready: tokio::sync::watch::Sender<usize>,
 }
 
 /// Start both bots as tasks owned by `tasks`, stopping on `cancel`.
@@ -129,6 +131,7 @@ pub fn context(
     data_dir: &Path,
     ingest: &Ingestor,
     notifier: Option<Notifier>,
+    ready: tokio::sync::watch::Sender<usize>,
 ) -> Arc<BotContext> {
     Arc::new(BotContext {
         server_url,
@@ -136,6 +139,7 @@ pub fn context(
         bots: ingest.store.clone(),
         wake: ingest.wake.clone(),
         notifier,
+        ready,
     })
 }
 
@@ -152,7 +156,10 @@ async fn login(name: &str, ctx: &BotContext, cancel: &CancellationToken) -> Opti
         let password = match ctx.bots.bot_password(name).await {
             Ok(Some(p)) => p,
             Ok(None) => {
-                tracing::error!(bot = name, "no credentials in the bots store; bot not started");
+                tracing::error!(
+                    bot = name,
+                    "no credentials in the bots store; bot not started"
+                );
                 return None;
             }
             Err(e) => {
@@ -196,6 +203,7 @@ async fn run_bot(name: &'static str, ctx: Arc<BotContext>, cancel: CancellationT
     if let Some(l) = lab.as_mut() {
         l.post_pending().await;
     }
+    ctx.ready.send_modify(|n| *n += 1);
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -10,7 +10,10 @@ const MAX_FACTS: u32 = 30;
 const MAX_RECENT_LABS: usize = 8;
 
 async fn facts(bots: &BotStore, nid: &str, k: &str) -> Vec<String> {
-    let rows = bots.items_of_patient(nid, k, MAX_FACTS).await.unwrap_or_default();
+    let rows = bots
+        .items_of_patient(nid, k, MAX_FACTS)
+        .await
+        .unwrap_or_default();
     let mut seen = HashSet::new();
     rows.into_iter()
         .filter_map(|r| serde_json::from_str::<String>(&r.payload).ok())

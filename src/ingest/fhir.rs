@@ -131,7 +131,10 @@ fn lab_result(obs: &Value) -> Result<LabResult, Invalid> {
     } else if let Some(cc) = obs.get("valueCodeableConcept") {
         (
             concept_text(cc).ok_or_else(|| {
-                invalid("value", "Observation.valueCodeableConcept has no text or coding")
+                invalid(
+                    "value",
+                    "Observation.valueCodeableConcept has no text or coding",
+                )
             })?,
             None,
         )
@@ -156,8 +159,14 @@ fn lab_result(obs: &Value) -> Result<LabResult, Invalid> {
         .and_then(|a| a.first())
         .and_then(|r| {
             s(r, "text").map(String::from).or_else(|| {
-                let low = r.get("low").and_then(|q| q.get("value")).and_then(number_text);
-                let high = r.get("high").and_then(|q| q.get("value")).and_then(number_text);
+                let low = r
+                    .get("low")
+                    .and_then(|q| q.get("value"))
+                    .and_then(number_text);
+                let high = r
+                    .get("high")
+                    .and_then(|q| q.get("value"))
+                    .and_then(number_text);
                 match (low, high) {
                     (Some(l), Some(h)) => Some(format!("{l}-{h}")),
                     (Some(l), None) => Some(format!(">={l}")),
@@ -220,7 +229,10 @@ fn resource_type(r: &Value) -> Result<&str, Invalid> {
 
 fn flatten(root: &Value) -> Result<Parsed<'_>, Invalid> {
     if !root.is_object() {
-        return Err(invalid("structure", "the body must be a FHIR resource (a JSON object)"));
+        return Err(invalid(
+            "structure",
+            "the body must be a FHIR resource (a JSON object)",
+        ));
     }
     let t = resource_type(root)?;
     let mut resources = Vec::new();
@@ -240,19 +252,27 @@ fn flatten(root: &Value) -> Result<Parsed<'_>, Invalid> {
             Some(_) => return Err(invalid("structure", "Bundle.entry must be an array")),
         };
         if entries.len() > MAX_ENTRIES {
-            return Err(invalid("too-costly", format!("a Bundle may have at most {MAX_ENTRIES} entries")));
+            return Err(invalid(
+                "too-costly",
+                format!("a Bundle may have at most {MAX_ENTRIES} entries"),
+            ));
         }
         for (i, e) in entries.iter().enumerate() {
-            let r = e
-                .get("resource")
-                .filter(|r| r.is_object())
-                .ok_or_else(|| invalid("structure", format!("Bundle.entry[{i}].resource is missing")))?;
+            let r = e.get("resource").filter(|r| r.is_object()).ok_or_else(|| {
+                invalid(
+                    "structure",
+                    format!("Bundle.entry[{i}].resource is missing"),
+                )
+            })?;
             let rt = resource_type(r).map_err(|mut e| {
                 e.diagnostics = format!("Bundle.entry[{i}]: {}", e.diagnostics);
                 e
             })?;
             if rt == "Bundle" {
-                return Err(invalid("not-supported", format!("Bundle.entry[{i}]: nested Bundles are not accepted")));
+                return Err(invalid(
+                    "not-supported",
+                    format!("Bundle.entry[{i}]: nested Bundles are not accepted"),
+                ));
             }
             resources.push((s(e, "fullUrl"), r));
         }
@@ -299,7 +319,11 @@ impl Resolver<'_> {
 
     /// The network id of the patient a resource is about.
     fn patient_of(&self, r: &Value, what: &str) -> Result<String, Invalid> {
-        let field = if what == "AllergyIntolerance" { "patient" } else { "subject" };
+        let field = if what == "AllergyIntolerance" {
+            "patient"
+        } else {
+            "subject"
+        };
         let subj = r
             .get(field)
             .or_else(|| r.get("patient"))
@@ -317,7 +341,10 @@ impl Resolver<'_> {
                 )
             })?;
         if !tonari_wire::care::valid_network_id(&nid) {
-            return Err(invalid("value", format!("{what}.{field}: the network id is not valid")));
+            return Err(invalid(
+                "value",
+                format!("{what}.{field}: the network id is not valid"),
+            ));
         }
         Ok(nid)
     }
@@ -344,7 +371,9 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
                 continue;
             };
             if let Some(id) = s(r, "id") {
-                resolver.patients.insert(format!("Patient/{id}"), nid.clone());
+                resolver
+                    .patients
+                    .insert(format!("Patient/{id}"), nid.clone());
             }
             if let Some(u) = full_url {
                 resolver.patients.insert(u.to_string(), nid.clone());
@@ -371,7 +400,10 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
         match t {
             "DiagnosticReport" => {
                 if s(r, "status").is_none() || r.get("code").is_none() {
-                    return Err(invalid("required", "DiagnosticReport.status and .code are required"));
+                    return Err(invalid(
+                        "required",
+                        "DiagnosticReport.status and .code are required",
+                    ));
                 }
                 let nid = resolver.patient_of(r, t)?;
                 let contained: HashMap<String, &Value> = r
@@ -382,9 +414,17 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
                     .filter_map(|c| Some((format!("#{}", s(c, "id")?), c)))
                     .collect();
                 let mut results = Vec::new();
-                for rf in r.get("result").and_then(Value::as_array).into_iter().flatten() {
+                for rf in r
+                    .get("result")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let Some(reference) = s(rf, "reference") else {
-                        return Err(invalid("structure", "DiagnosticReport.result needs a reference"));
+                        return Err(invalid(
+                            "structure",
+                            "DiagnosticReport.result needs a reference",
+                        ));
                     };
                     let obs = contained
                         .get(reference)
@@ -415,9 +455,9 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
                 let (k, text) = match t {
                     "Condition" => (
                         kind::PROBLEM,
-                        r.get("code").and_then(concept_text).ok_or_else(|| {
-                            invalid("required", "Condition.code is required")
-                        })?,
+                        r.get("code")
+                            .and_then(concept_text)
+                            .ok_or_else(|| invalid("required", "Condition.code is required"))?,
                     ),
                     "AllergyIntolerance" => {
                         let mut text = r.get("code").and_then(concept_text).ok_or_else(|| {
@@ -439,7 +479,11 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
                                 )
                             })?;
                         let dosage = r
-                            .get(if t == "MedicationRequest" { "dosageInstruction" } else { "dosage" })
+                            .get(if t == "MedicationRequest" {
+                                "dosageInstruction"
+                            } else {
+                                "dosage"
+                            })
                             .and_then(Value::as_array)
                             .and_then(|a| a.first())
                             .and_then(|d| s(d, "text"));
@@ -518,7 +562,14 @@ mod tests {
         let e = items(&json!({"resourceType": "Encounter"}), SYS, "lab").unwrap_err();
         assert_eq!(e.code, "not-supported");
         assert!(items(&json!([1, 2]), SYS, "lab").is_err());
-        assert!(items(&json!({"resourceType": "Bundle", "type": "searchset"}), SYS, "lab").is_err());
+        assert!(
+            items(
+                &json!({"resourceType": "Bundle", "type": "searchset"}),
+                SYS,
+                "lab"
+            )
+            .is_err()
+        );
         let e = items(
             &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueString": "1"}),
             SYS,

@@ -204,20 +204,20 @@ pub fn parse_oru(text: &str, authority: &str, source: &str) -> Result<Oru, Refus
         return Err(reject("only HL7 version 2.x is accepted"));
     }
     let security = cx.get(msh, 8, 1).unwrap_or_default();
-    let source_org = cx
-        .get(msh, 4, 2)
-        .or_else(|| cx.get(msh, 4, 1))
-        .unwrap_or_else(|| source.to_string());
+    // MSH-4 is an HD: namespace id ^ universal id (an OID) ^ id type.
+    let source_org = cx.get(msh, 4, 1).unwrap_or_else(|| source.to_string());
 
-    let pid = msg
-        .segment("PID")
-        .ok_or_else(|| error("no PID segment"))?;
+    let pid = msg.segment("PID").ok_or_else(|| error("no PID segment"))?;
     let mut network_id = None;
     if let Some(f) = cx.field(pid, 3) {
         for rep in f.repeats() {
             let auth = rep
                 .component(4)
-                .and_then(|c| c.subcomponent(1).map(|s| s.raw_value()).or(Some(c.raw_value())))
+                .and_then(|c| {
+                    c.subcomponent(1)
+                        .map(|s| s.raw_value())
+                        .or(Some(c.raw_value()))
+                })
                 .map(|v| unescape(v, &seps));
             if auth.as_deref().map(str::trim) == Some(authority)
                 && let Some(id) = cx.comp(rep, 1)
@@ -227,8 +227,8 @@ pub fn parse_oru(text: &str, authority: &str, source: &str) -> Result<Oru, Refus
             }
         }
     }
-    let network_id =
-        network_id.ok_or_else(|| error("PID-3 carries no id of the network's assigning authority"))?;
+    let network_id = network_id
+        .ok_or_else(|| error("PID-3 carries no id of the network's assigning authority"))?;
     if !tonari_wire::care::valid_network_id(&network_id) {
         return Err(error("the network id in PID-3 is not valid"));
     }
@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn unescape_is_utf8_safe() {
         let seps = hl7_parser::message::Separators::default();
-        assert_eq!(unescape(r"血糖\T\値 \F\ a\S\b\E\", &seps), "血糖&値 | a^b\\");
+        assert_eq!(
+            unescape(r"血糖\T\値 \F\ a\S\b\E\", &seps),
+            "血糖&値 | a^b\\"
+        );
         assert_eq!(unescape(r"x\XE8A180\y", &seps), "x血y");
         assert_eq!(unescape(r"日本\", &seps), "日本\\");
         assert_eq!(unescape(r"a\H\b\N\c\.br\d", &seps), "abc\nd");

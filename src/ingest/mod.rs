@@ -49,15 +49,24 @@ pub fn parse_keys(entries: &[String]) -> Result<HashMap<[u8; 32], String>, Strin
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err("an ingest source name must be 1-64 letters, digits, '-', '_' or '.'".into());
+            return Err(
+                "an ingest source name must be 1-64 letters, digits, '-', '_' or '.'".into(),
+            );
         }
         let bytes: [u8; 32] = hex::decode(hash.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| format!("ingest_api_keys: the hash of source {name} is not 64 hex digits"))?;
+            .ok_or_else(|| {
+                format!("ingest_api_keys: the hash of source {name} is not 64 hex digits")
+            })?;
         out.insert(bytes, name.to_string());
     }
     Ok(out)
+}
+
+/// The `ingest_api_keys` entry for `key`.
+pub fn key_entry(source: &str, key: &str) -> String {
+    format!("{source}:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 /// A new random API key and its config entry.
@@ -65,7 +74,7 @@ pub fn new_key(source: &str) -> (String, String) {
     let mut b = [0u8; 24];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
     let key = format!("tik_{}", hex::encode(b));
-    let entry = format!("{source}:{}", hex::encode(Sha256::digest(key.as_bytes())));
+    let entry = key_entry(source, &key);
     (key, entry)
 }
 
@@ -138,7 +147,10 @@ fn fhir_response(status: StatusCode, body: Value) -> Response {
 }
 
 fn authenticate<'a>(ing: &'a Ingestor, headers: &HeaderMap) -> Option<&'a str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let key = value.strip_prefix("Bearer ")?.trim();
     ing.source_for_key(key)
 }
@@ -194,7 +206,11 @@ async fn fhir_post(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             tracing::error!(error = %e, "bots store failed");
             fhir_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                fhir::outcome("error", "transient", "the results could not be stored; send again"),
+                fhir::outcome(
+                    "error",
+                    "transient",
+                    "the results could not be stored; send again",
+                ),
             )
         }
     }

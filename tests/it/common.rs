@@ -17,6 +17,8 @@ pub struct TestServer {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The MLLP listener, when `mllp_listen` is set.
+    pub mllp: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), tonari::AppError>>>,
 }
@@ -48,20 +50,33 @@ impl TestServer {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.join("server"),
+            // Tests about bots turn them on.
+            bots_enabled: false,
             ..Config::default()
         };
         tweak(&mut config);
         let data_dir = config.data_dir.clone();
+        let bots = config.bots_enabled;
         let app = App::build(config).await.expect("server builds");
         let addr = app.local_addr();
+        let mllp = app.mllp_addr();
+        let mut bots_ready = app.bots_ready();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
+        if bots {
+            // Both bots logged in and listening before the test goes on.
+            tokio::time::timeout(WAIT, bots_ready.wait_for(|n| *n >= 2))
+                .await
+                .expect("bots ready in time")
+                .expect("bots ready");
+        }
         TestServer {
             url: format!("http://{addr}"),
             addr,
             data_dir,
+            mllp,
             stop: Some(tx),
             handle: Some(handle),
         }
