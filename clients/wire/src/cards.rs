@@ -239,7 +239,10 @@ mod tests {
         let back: Card = serde_json::from_value(json).unwrap();
         assert_eq!(back, card);
         let text = card.render_text();
-        assert!(text.contains("HbA1c [LOINC 4548-4]: 7.9 % H (ref 4.6-6.2)"), "{text}");
+        assert!(
+            text.contains("HbA1c [LOINC 4548-4]: 7.9 % H (ref 4.6-6.2)"),
+            "{text}"
+        );
         assert_eq!(LabFlag::from_code("HH"), Some(LabFlag::CriticalHigh));
     }
 }
