@@ -577,14 +577,16 @@ impl Accounts {
     /// A patient's network id and a family link are shown to professionals,
     /// to the user themself, and to the patient and family of the same
     /// patient (their clients need them to verify consents); to other
-    /// patients and family they are left out.
+    /// patients and family they are left out. Bots are room members whose
+    /// clients verify consents too, so they see them like professionals.
     pub async fn user_devices(&self, auth: AuthDevice, username: &str) -> Result<DirectoryEntry> {
         let mut profile = self
             .store
             .profile_by_name(username)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
-        if !auth.role.is_professional() && profile.id != auth.user_id {
+        let sees_all = auth.role.is_professional() || auth.role == tonari_wire::Role::Bot;
+        if !sees_all && profile.id != auth.user_id {
             let patient_of = |p: &Profile| {
                 p.network_id
                     .clone()

@@ -147,6 +147,11 @@ impl App {
         self.mllp_addr
     }
 
+    /// The shared state (store, ingestion), e.g. for `tonari demo`'s setup.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// How many in-process bots are logged in and listening (tests wait
     /// for this before they start).
     pub fn bots_ready(&self) -> tokio::sync::watch::Receiver<usize> {

@@ -9,6 +9,7 @@ pub mod bots;
 pub mod care;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod error;
 pub mod fanout;
 pub mod http;

@@ -233,6 +233,16 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
         summary.care_team.iter().any(|m| m == "hana (nurse)"),
         "{summary:?}"
     );
+    // The daughter joins with the patient's consent: the bots' clients
+    // verify that commit like every member's and stay in the room.
+    w.patient
+        .sign_consent(&w.room, super::care::NID, "yuki", true)
+        .await
+        .expect("consent");
+    w.nurse
+        .invite(&w.room, "yuki")
+        .await
+        .expect("add the daughter");
     let room = w.nurse.room(&w.room).await.expect("room");
     assert!(
         room.members
