@@ -579,6 +579,85 @@ mod tests {
         assert_eq!(e.code, "required");
     }
 
+    /// Random JSON never panics: it is mapped or refused.
+    #[test]
+    fn random_json_never_panics() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let keys = [
+            "resourceType",
+            "type",
+            "entry",
+            "resource",
+            "subject",
+            "code",
+            "coding",
+            "system",
+            "valueQuantity",
+            "value",
+            "identifier",
+            "reference",
+            "result",
+            "contained",
+            "id",
+            "status",
+            "referenceRange",
+            "low",
+            "high",
+            "interpretation",
+            "patient",
+            "fullUrl",
+        ];
+        let strings = [
+            "Bundle",
+            "Observation",
+            "Patient",
+            "DiagnosticReport",
+            "transaction",
+            SYS,
+            "P-1",
+            "Patient/p",
+            "#o",
+            "final",
+            "http://loinc.org",
+            "",
+        ];
+        fn random_value(
+            next: &mut dyn FnMut() -> u64,
+            depth: u32,
+            keys: &[&str],
+            strings: &[&str],
+        ) -> Value {
+            match next() % if depth > 4 { 4 } else { 7 } {
+                0 => Value::Null,
+                1 => json!(next() % 100),
+                2 | 3 => json!(strings[(next() % strings.len() as u64) as usize]),
+                4 | 5 => {
+                    let mut m = serde_json::Map::new();
+                    for _ in 0..next() % 5 {
+                        let k = keys[(next() % keys.len() as u64) as usize];
+                        m.insert(k.into(), random_value(next, depth + 1, keys, strings));
+                    }
+                    Value::Object(m)
+                }
+                _ => Value::Array(
+                    (0..next() % 4)
+                        .map(|_| random_value(next, depth + 1, keys, strings))
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..5000 {
+            let v = random_value(&mut next, 0, &keys, &strings);
+            let _ = items(&v, SYS, "lab");
+        }
+    }
+
     #[test]
     fn observation_with_identifier() {
         let obs = json!({

@@ -371,6 +371,34 @@ mod tests {
         assert_eq!(unescape(r"a\H\b\N\c\.br\d", &seps), "abc\nd");
     }
 
+    /// Random input never panics: it is parsed or refused.
+    #[test]
+    fn random_input_never_panics() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet: Vec<char> = "MSHPIDOBXRU|^~\\&\r\n01AEFSTX.br 血糖値-".chars().collect();
+        let base = "MSH|^~\\&|L|F|T|N|2026|k|ORU^R01|C1|P|2.5\rPID|1||P-1^^^TONARI\rOBX|1|NM|1-1^G^LN||5|u|1-2|H\r";
+        for i in 0..3000 {
+            let len = (next() % 200) as usize;
+            let noise: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let input = match i % 3 {
+                0 => format!("MSH{noise}"),
+                1 => format!("{}{noise}", &base[..(next() as usize % base.len())]),
+                _ => base.replace('^', &noise.chars().take(3).collect::<String>()),
+            };
+            let _ = header(&input);
+            let _ = parse_oru(&input, "TONARI", "src");
+        }
+        assert!(parse_oru(base, "TONARI", "src").is_ok());
+    }
+
     #[test]
     fn lenient_header() {
         let h = header("MSH|^~\\&|LAB|Minami^1.2|TONARI|NET|2026||ORU^R01|ctl-1\r|x");
