@@ -55,6 +55,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2575")]
         mllp: String,
     },
+    /// Run the bots (lab-bot, summary-bot) as a separate process next to a
+    /// server started with bots_enabled = false, sharing its data_dir (the
+    /// bots' store bots.sqlite3 and their device directories).
+    Bots {
+        /// The server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8480")]
+        server: String,
+        /// How often to look for new results, in seconds.
+        #[arg(long, default_value_t = 2)]
+        poll_secs: u64,
+    },
     /// Make an API key for an ingestion source (FHIR / HL7 sender) and print
     /// the `ingest_api_keys` entry to put in the config (only the hash).
     IngestKey {
@@ -112,6 +123,28 @@ fn main() -> ExitCode {
             listen,
             mllp,
         } => demo(config, data_dir, listen, mllp),
+        Command::Bots { server, poll_secs } => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                eprintln!("tonari: cannot start the runtime");
+                return ExitCode::FAILURE;
+            };
+            let poll = std::time::Duration::from_secs(poll_secs.max(1));
+            match runtime.block_on(tonari::bots::run_separately(
+                &config,
+                server,
+                poll,
+                shutdown_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tonari bots: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::IngestKey { source } => {
             if tonari::ingest::parse_keys(&[format!("{source}:{}", "0".repeat(64))]).is_err() {
                 eprintln!("tonari: a source name is 1-64 letters, digits, '-', '_' or '.'");

@@ -114,13 +114,56 @@ pub struct BotContext {
     pub ready: tokio::sync::watch::Sender<usize>,
 }
 
+/// Run the bots as a separate process against `server_url` until
+/// `shutdown`: the bots' store is `data_dir/bots.sqlite3` (shared with the
+/// server's ingestion on the same host), accounts are ensured through the
+/// main database like at server start. New results are found by the sweep
+/// (every `poll`), as there is no in-process wake-up; result notices stay
+/// with the server.
+pub async fn run_separately(
+    config: &crate::Config,
+    server_url: String,
+    poll: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let store = Store::open_sqlite(&config.database_path())
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))?;
+    let bots = BotStore::open(&config.bots_database_path())
+        .await
+        .map_err(|e| format!("cannot open the bots' database: {e}"))?;
+    ensure_accounts(&store, &bots).await?;
+    store.close().await;
+    let ctx = Arc::new(BotContext {
+        server_url,
+        dir: config.data_dir.join("bots"),
+        bots: bots.clone(),
+        wake: Arc::new(Notify::new()),
+        notifier: None,
+        ready: tokio::sync::watch::Sender::new(0),
+    });
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    for name in BOTS {
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move { run_bot(name, ctx, cancel, poll).await });
+    }
+    tasks.close();
+    shutdown.await;
+    cancel.cancel();
+    tasks.wait().await;
+    bots.close().await;
+    Ok(())
+}
+
 /// Start both bots as tasks owned by `tasks`, stopping on `cancel`.
 pub fn spawn(ctx: Arc<BotContext>, cancel: CancellationToken, tasks: &TaskTracker) {
     for name in BOTS {
         let ctx = ctx.clone();
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            run_bot(name, ctx, cancel).await;
+            run_bot(name, ctx, cancel, SWEEP).await;
         });
     }
 }
@@ -179,7 +222,12 @@ async fn login(name: &str, ctx: &BotContext, cancel: &CancellationToken) -> Opti
     }
 }
 
-async fn run_bot(name: &'static str, ctx: Arc<BotContext>, cancel: CancellationToken) {
+async fn run_bot(
+    name: &'static str,
+    ctx: Arc<BotContext>,
+    cancel: CancellationToken,
+    sweep_every: Duration,
+) {
     let Some(client) = login(name, &ctx, &cancel).await else {
         return;
     };
@@ -204,7 +252,7 @@ async fn run_bot(name: &'static str, ctx: Arc<BotContext>, cancel: CancellationT
         l.post_pending().await;
     }
     ctx.ready.send_modify(|n| *n += 1);
-    let mut sweep = tokio::time::interval(SWEEP);
+    let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         enum Step {

@@ -683,3 +683,48 @@ async fn random_and_truncated_input_is_refused_without_panic_or_storage() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_run_as_a_separate_process() {
+    let dir = tmp();
+    let root = dir.path();
+    let server = TestServer::start_with(root, |c| {
+        ingest_config(c);
+        c.bots_enabled = false;
+    })
+    .await;
+    let mut bots = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
+        .args(["bots", "--server", &server.url, "--poll-secs", "1"])
+        .env("TONARI_DATA_DIR", &server.data_dir)
+        .env("TONARI_LOG_FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tonari bots");
+    register(&server, "doc").await;
+    let doc = login(&server, root, "doc", "phone").await;
+    let room = doc
+        .create_room_with(&RoomSettings::care_room(Some("P-2001".into())))
+        .await
+        .expect("room");
+    add_bot(&doc, &room, "lab-bot").await;
+    let (status, _) = post_fhir(
+        &server,
+        Some(KEY),
+        &fixture("fhir/observation-glucose.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = cards_until(&doc, &room, |c| !labs_of(c).is_empty()).await;
+    assert_eq!(labs_of(&seen)[0].results[0].value, "6.3");
+    let room_info = doc.room(&room).await.expect("room");
+    assert!(
+        room_info
+            .members
+            .iter()
+            .any(|m| m.username == "lab-bot" && m.role == Some(Role::Bot))
+    );
+    bots.kill().await.expect("stop the bots");
+    server.stop().await;
+}
