@@ -257,53 +257,65 @@ async fn run_bot(
     loop {
         enum Step {
             Stop,
-            Ev(Option<tonari_sdk::Result<Event>>),
+            Ev(Box<Option<tonari_sdk::Result<Event>>>),
             Wake,
         }
         let step = tokio::select! {
             _ = cancel.cancelled() => Step::Stop,
-            ev = sub.next() => Step::Ev(ev),
+            ev = sub.next() => Step::Ev(Box::new(ev)),
             _ = ctx.wake.notified(), if lab.is_some() => Step::Wake,
             _ = sweep.tick(), if lab.is_some() => Step::Wake,
         };
         match step {
-            Step::Stop | Step::Ev(None) => break,
+            Step::Stop => break,
             Step::Wake => {
                 if let Some(l) = lab.as_mut() {
                     l.post_pending().await;
                 }
             }
-            Step::Ev(Some(Err(e))) => {
-                tracing::warn!(bot = name, error = %e, "bot subscription error");
-                if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
-                    break;
-                }
-            }
-            Step::Ev(Some(Ok(ev))) => match ev {
-                Event::Joined { room_id } => {
-                    tracing::info!(bot = name, room = %room_id, "bot joined a room");
-                    if let Some(l) = lab.as_mut() {
-                        l.post_pending().await;
-                    } else {
-                        summary::post(&client, &ctx.bots, &room_id).await;
+            Step::Ev(ev) => match *ev {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(bot = name, error = %e, "bot subscription error");
+                    if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
+                        break;
                     }
                 }
-                Event::Message {
-                    room_id,
-                    sender,
-                    content: Content::Text { body },
-                    ..
-                } if name == SUMMARY_BOT
-                    && sender.user_id != client.user_id()
-                    && body.trim() == "/summary" =>
-                {
-                    summary::post(&client, &ctx.bots, &room_id).await;
-                }
-                _ => {}
+                Some(Ok(ev)) => handle_event(name, &client, &ctx, lab.as_mut(), ev).await,
             },
         }
     }
     tracing::info!(bot = name, "bot stopped");
+}
+
+async fn handle_event(
+    name: &str,
+    client: &Client,
+    ctx: &BotContext,
+    lab: Option<&mut LabBot>,
+    ev: Event,
+) {
+    match ev {
+        Event::Joined { room_id } => {
+            tracing::info!(bot = name, room = %room_id, "bot joined a room");
+            match lab {
+                Some(l) => l.post_pending().await,
+                None => summary::post(client, &ctx.bots, &room_id).await,
+            }
+        }
+        Event::Message {
+            room_id,
+            sender,
+            content: Content::Text { body },
+            ..
+        } if name == SUMMARY_BOT
+            && sender.user_id != client.user_id()
+            && body.trim() == "/summary" =>
+        {
+            summary::post(client, &ctx.bots, &room_id).await;
+        }
+        _ => {}
+    }
 }
 
 /// Active rooms of `client` by patient network id.

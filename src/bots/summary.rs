@@ -66,12 +66,14 @@ pub async fn post(client: &Client, bots: &BotStore, room_id: &str) {
     };
     let content = match settings.patient_network_id {
         Some(nid) => {
+            let mut seen = HashSet::new();
             let team = client
                 .room(room_id)
                 .await
                 .map(|r| {
                     r.members
                         .iter()
+                        .filter(|m| seen.insert(m.user_id))
                         .map(|m| match m.role {
                             Some(role) => format!("{} ({role})", m.username),
                             None => m.username.clone(),

@@ -305,7 +305,7 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn from_identifiers(&self, ids: Option<&Value>) -> Option<String> {
+    fn network_id_in(&self, ids: Option<&Value>) -> Option<String> {
         let list: Vec<&Value> = match ids? {
             Value::Array(a) => a.iter().collect(),
             v @ Value::Object(_) => vec![v],
@@ -329,7 +329,7 @@ impl Resolver<'_> {
             .or_else(|| r.get("patient"))
             .ok_or_else(|| invalid("required", format!("{what}.{field} is required")))?;
         let nid = self
-            .from_identifiers(subj.get("identifier"))
+            .network_id_in(subj.get("identifier"))
             .or_else(|| s(subj, "reference").and_then(|rf| self.patients.get(rf).cloned()))
             .ok_or_else(|| {
                 invalid(
@@ -367,7 +367,7 @@ pub fn items(root: &Value, system: &str, source: &str) -> Result<Vec<NewItem>, I
     };
     for (full_url, r) in &parsed.resources {
         if s(r, "resourceType") == Some("Patient") {
-            let Some(nid) = resolver.from_identifiers(r.get("identifier")) else {
+            let Some(nid) = resolver.network_id_in(r.get("identifier")) else {
                 continue;
             };
             if let Some(id) = s(r, "id") {
