@@ -119,12 +119,12 @@ pub async fn add_bot(client: &Client, room: &str, bot: &str) {
     .expect("the bot could be added");
 }
 
-/// Cards in the local history of a room.
+/// Cards in the local history of a room (none before the device joined it).
 pub async fn history_cards(client: &Client, room: &str) -> Vec<Card> {
     client
         .history(room)
         .await
-        .expect("history")
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|m| m.content.card().cloned())
         .collect()
@@ -727,4 +727,88 @@ async fn bots_run_as_a_separate_process() {
     );
     bots.kill().await.expect("stop the bots");
     server.stop().await;
+}
+
+/// `tonari demo` as a user runs it: the printed room holds the lab cards and
+/// the summary for the care manager's device, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_command_sets_up_a_room_with_cards() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tmp();
+    let data = dir.path().join("demo");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
+        .arg("demo")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--mllp", "127.0.0.1:0"])
+        .env_remove("TONARI_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tonari demo");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = String::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("HL7 v2.5 ORU^R01 over MLLP") {
+                return;
+            }
+        }
+        panic!("the demo exited: {printed}");
+    })
+    .await
+    .expect("the demo starts in time");
+    let url = printed
+        .split_whitespace()
+        .skip_while(|w| *w != "at")
+        .nth(1)
+        .expect("url")
+        .to_string();
+    let room = printed
+        .split_whitespace()
+        .skip_while(|w| *w != "room")
+        .nth(1)
+        .expect("room id")
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{printed}");
+    assert!(printed.contains("--device-dir"), "{printed}");
+    assert!(printed.contains("tonari-demo-pass"), "{printed}");
+
+    let cm = Client::open(&data.join("devices/cm-tanaka")).expect("the care manager's device");
+    let cards = cards_until(&cm, &room, |c| {
+        labs_of(c).len() >= 2 && !summaries_of(c).is_empty()
+    })
+    .await;
+    let labs = labs_of(&cards);
+    assert_eq!(labs[0].patient_network_id, tonari::demo::PATIENT_NID);
+    let members = cm.room(&room).await.expect("room").members;
+    for who in [
+        "ns-suzuki",
+        "dr-sato",
+        "cm-tanaka",
+        "ph-ito",
+        "yamada-hanako",
+        "lab-bot",
+        "summary-bot",
+    ] {
+        assert!(
+            members.iter().any(|m| m.username == who),
+            "{who} in the room"
+        );
+    }
+    drop(cm);
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the demo stops in time")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
 }
