@@ -71,10 +71,12 @@ pub struct Header {
     pub security: String,
 }
 
+/// What may be echoed in an ACK field: printable ASCII without the field
+/// separator and the escape character (so it cannot break the ACK).
 fn sanitize(s: &str) -> String {
     s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ' | '^'))
-        .take(64)
+        .filter(|c| (c.is_ascii_graphic() || *c == ' ') && !matches!(c, '|' | '\\'))
+        .take(199)
         .collect()
 }
 

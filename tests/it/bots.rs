@@ -531,7 +531,19 @@ async fn fhir_results_are_idempotent_validated_held_and_summarised() {
     add_bot(&doc, &room2, "lab-bot").await;
     let seen = cards_until(&doc, &room2, |c| !labs_of(c).is_empty()).await;
     assert_eq!(labs_of(&seen)[0].patient_network_id, "P-3003");
+    let data_dir = server.data_dir.clone();
     server.stop().await;
+    // Canary: values only in the bots' store; names nowhere.
+    let main_db = file_bytes(&data_dir.join("tonari.sqlite3"));
+    let bots_db = file_bytes(&data_dir.join("bots.sqlite3"));
+    for canary in ["mmol/l", "HbA1c", "メトホルミン", "ペニシリン", "15074-8"] {
+        assert!(!contains(&main_db, canary), "main database holds {canary}");
+    }
+    assert!(contains(&bots_db, "メトホルミン"));
+    for name in ["Heuvel", "鈴木", "花子", "Langeveld"] {
+        assert!(!contains(&main_db, name), "main database holds a name");
+    }
+    assert!(!contains(&bots_db, "Heuvel") && !contains(&bots_db, "鈴木"));
 }
 
 /// A small deterministic generator (no extra dependency).
