@@ -228,61 +228,73 @@ async fn run_bot(
     cancel: CancellationToken,
     sweep_every: Duration,
 ) {
-    let Some(client) = login(name, &ctx, &cancel).await else {
-        return;
-    };
-    let mut sub = loop {
-        match client.connect().await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(bot = name, error = %e, "bot cannot connect; retrying");
-                if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
-                    return;
-                }
-            }
-        }
-    };
-    tracing::info!(bot = name, device = client.device_id(), "bot running");
-    let mut lab = (name == LAB_BOT).then(|| LabBot {
-        client: client.clone(),
-        ctx: ctx.clone(),
-        held_logged: HashSet::new(),
-    });
-    if let Some(l) = lab.as_mut() {
-        l.post_pending().await;
-    }
-    ctx.ready.send_modify(|n| *n += 1);
-    let mut sweep = tokio::time::interval(sweep_every);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        enum Step {
-            Stop,
-            Ev(Box<Option<tonari_sdk::Result<Event>>>),
-            Wake,
-        }
-        let step = tokio::select! {
-            _ = cancel.cancelled() => Step::Stop,
-            ev = sub.next() => Step::Ev(Box::new(ev)),
-            _ = ctx.wake.notified(), if lab.is_some() => Step::Wake,
-            _ = sweep.tick(), if lab.is_some() => Step::Wake,
+    let mut counted_ready = false;
+    // One iteration per session: when the server ends the session (idle
+    // logout, revocation), the bot logs in again with the same device.
+    'session: loop {
+        let Some(client) = login(name, &ctx, &cancel).await else {
+            return;
         };
-        match step {
-            Step::Stop => break,
-            Step::Wake => {
-                if let Some(l) = lab.as_mut() {
-                    l.post_pending().await;
-                }
-            }
-            Step::Ev(ev) => match *ev {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(bot = name, error = %e, "bot subscription error");
-                    if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
-                        break;
+        let mut sub = loop {
+            match client.connect().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(bot = name, error = %e, "bot cannot connect; retrying");
+                    if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                        return;
                     }
                 }
-                Some(Ok(ev)) => handle_event(name, &client, &ctx, lab.as_mut(), ev).await,
-            },
+            }
+        };
+        tracing::info!(bot = name, device = client.device_id(), "bot running");
+        let mut lab = (name == LAB_BOT).then(|| LabBot {
+            client: client.clone(),
+            ctx: ctx.clone(),
+            held_logged: HashSet::new(),
+        });
+        if let Some(l) = lab.as_mut() {
+            l.post_pending().await;
+        }
+        if !counted_ready {
+            counted_ready = true;
+            ctx.ready.send_modify(|n| *n += 1);
+        }
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            enum Step {
+                Stop,
+                Ev(Box<Option<tonari_sdk::Result<Event>>>),
+                Wake,
+            }
+            let step = tokio::select! {
+                _ = cancel.cancelled() => Step::Stop,
+                ev = sub.next() => Step::Ev(Box::new(ev)),
+                _ = ctx.wake.notified(), if lab.is_some() => Step::Wake,
+                _ = sweep.tick(), if lab.is_some() => Step::Wake,
+            };
+            match step {
+                Step::Stop => break 'session,
+                Step::Wake => {
+                    if let Some(l) = lab.as_mut() {
+                        l.post_pending().await;
+                    }
+                }
+                Step::Ev(ev) => match *ev {
+                    None => break 'session,
+                    Some(Err(e)) if e.is_code(tonari_wire::ErrorCode::Unauthenticated) => {
+                        tracing::warn!(bot = name, "bot session ended; logging in again");
+                        continue 'session;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(bot = name, error = %e, "bot subscription error");
+                        if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
+                            break 'session;
+                        }
+                    }
+                    Some(Ok(ev)) => handle_event(name, &client, &ctx, lab.as_mut(), ev).await,
+                },
+            }
         }
     }
     tracing::info!(bot = name, "bot stopped");

@@ -210,6 +210,11 @@ pub fn parse_oru(text: &str, authority: &str, source: &str) -> Result<Oru, Refus
     let source_org = cx.get(msh, 4, 1).unwrap_or_else(|| source.to_string());
 
     let pid = msg.segment("PID").ok_or_else(|| error("no PID segment"))?;
+    if msg.segment_count("PID") > 1 {
+        // Results of several patients in one message are not split: refuse
+        // rather than risk posting one patient's results in another's room.
+        return Err(error("one patient (PID) per message"));
+    }
     let mut network_id = None;
     if let Some(f) = cx.field(pid, 3) {
         for rep in f.repeats() {
@@ -399,6 +404,17 @@ mod tests {
             let _ = parse_oru(&input, "TONARI", "src");
         }
         assert!(parse_oru(base, "TONARI", "src").is_ok());
+    }
+
+    #[test]
+    fn two_patients_in_one_message_are_refused() {
+        let m = "MSH|^~\\&|L|F|T|N|2026|k|ORU^R01|C1|P|2.5\rPID|1||P-1^^^TONARI\rOBX|1|NM|1-1^G^LN||5\rPID|2||P-2^^^TONARI\rOBX|1|NM|1-1^G^LN||6\r";
+        let e = parse_oru(m, "TONARI", "src").unwrap_err();
+        assert_eq!(e.code, AckCode::AE);
+        let one = m.split("PID|2").next().unwrap();
+        let oru = parse_oru(one, "TONARI", "src").unwrap();
+        assert_eq!(oru.card.patient_network_id, "P-1");
+        assert_eq!(oru.control_id, "C1");
     }
 
     #[test]

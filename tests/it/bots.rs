@@ -22,7 +22,8 @@ pub fn ingest_config(c: &mut tonari::Config) {
     c.bots_enabled = true;
     c.ingest_api_keys = vec![tonari::ingest::key_entry(SOURCE, KEY)];
     c.mllp_listen = "127.0.0.1:0".into();
-    c.notify_batch_secs = 1;
+    // Long enough that the results of one test land in one batch.
+    c.notify_batch_secs = 4;
 }
 
 /// A fixture with the API key filled in; HL7 segments end in `\r`.
@@ -251,6 +252,18 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
         "the lab bot is a visible member with role bot"
     );
 
+    // A second patient's room with the same care manager and the lab bot.
+    let room2 = w
+        .nurse
+        .create_room_with(&RoomSettings::care_room(Some("P-778800".into())))
+        .await
+        .expect("second room");
+    w.nurse
+        .invite(&room2, "mika")
+        .await
+        .expect("add the care manager");
+    add_bot(&w.nurse, &room2, "lab-bot").await;
+
     // A lab system sends an ORU^R01 over MLLP: AA, echoing the control id.
     let msg = fixture("hl7/oru_r01_labs_ja.hl7");
     let ack = mllp_send(mllp, &msg).await;
@@ -306,6 +319,15 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
     );
     assert_eq!(labs[1].results[0].value, "1.42");
 
+    // The second patient's result goes to the second room only.
+    let other = fixture("hl7/oru_r01_creatinine.hl7")
+        .replace("P-778899", "P-778800")
+        .replace("LAB-0002", "LAB-0010");
+    assert_eq!(msa(&mllp_send(mllp, &other).await).0, "AA");
+    let seen = cards_until(&cm, &room2, |c| !labs_of(c).is_empty()).await;
+    assert_eq!(labs_of(&seen)[0].patient_network_id, "P-778800");
+    assert_eq!(labs_of(&history_cards(&cm, &w.room).await).len(), 2);
+
     // Bad content: AE. Wrong key, not HL7, not ORU: AR. Nothing stored.
     let before = items_in_store(&w.server).await;
     let (code, ctl, _) = msa(&mllp_send(mllp, &fixture("hl7/oru_r01_no_network_id.hl7")).await);
@@ -326,15 +348,14 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
     assert_eq!((code.as_str(), ctl.as_str()), ("AR", "LAB-0005"));
     assert_eq!(items_in_store(&w.server).await, before);
 
-    // The care manager gets one content-free notice with a link to the room.
+    // The care manager gets one content-free notice for the batch: both
+    // rooms, each linked once (per language), not one mail per result.
     let mail = w.sink.next_mail().await;
     assert_eq!(mail.to, vec!["mika@care.example".to_string()]);
-    assert!(
-        mail.text
-            .contains(&format!("https://tonari.example/#/rooms/{}", w.room)),
-        "{}",
-        mail.text
-    );
+    for r in [&w.room, &room2] {
+        let link = format!("https://tonari.example/#/rooms/{r}");
+        assert_eq!(mail.text.matches(&link).count(), 2, "{}", mail.text);
+    }
     for secret in [
         "187.3",
         "1.42",
