@@ -659,6 +659,53 @@ mod tests {
     }
 
     #[test]
+    fn diagnostic_reports_and_medication_requests() {
+        let subject = json!({"identifier": {"system": SYS, "value": "P-9"}});
+        let obs = |id: &str, v: f64| {
+            json!({"resourceType": "Observation", "id": id, "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"}]},
+                   "subject": subject, "valueQuantity": {"value": v, "unit": "g/dL"}})
+        };
+        // Contained Observations.
+        let mut contained = obs("c1", 10.1);
+        contained.as_object_mut().unwrap().remove("subject");
+        contained["subject"] = subject.clone();
+        let dr = json!({"resourceType": "DiagnosticReport", "id": "dr1", "status": "final",
+            "code": {"text": "CBC"}, "subject": subject, "performer": [{"display": "Minami Lab"}],
+            "contained": [contained], "result": [{"reference": "#c1"}]});
+        let it = items(&dr, SYS, "lab").unwrap();
+        assert_eq!(it.len(), 1);
+        let card: LabCard = serde_json::from_str(&it[0].payload).unwrap();
+        assert_eq!(
+            (card.report.as_deref(), card.source_org.as_str()),
+            (Some("CBC"), "Minami Lab")
+        );
+        assert_eq!(card.results[0].value, "10.1");
+        // A Bundle: the report takes its referenced Observation; the other is loose.
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": {"resourceType": "DiagnosticReport", "id": "dr2", "status": "final",
+                "code": {"text": "CBC"}, "subject": subject, "result": [{"reference": "Observation/o1"}]}},
+            {"resource": obs("o1", 12.0)},
+            {"resource": obs("o2", 13.5)},
+            {"resource": {"resourceType": "MedicationRequest", "id": "m1", "status": "active",
+                "intent": "order", "subject": subject,
+                "medicationCodeableConcept": {"coding": [{"display": "Amlodipine 5 mg"}]},
+                "dosageInstruction": [{"text": "once daily"}]}}
+        ]});
+        let it = items(&bundle, SYS, "lab").unwrap();
+        let kinds: Vec<&str> = it.iter().map(|i| i.kind).collect();
+        assert_eq!(kinds, ["lab", "medication", "lab"]);
+        assert_eq!(it[1].payload, "\"Amlodipine 5 mg, once daily\"");
+        let loose: LabCard = serde_json::from_str(&it[2].payload).unwrap();
+        assert_eq!(loose.results.len(), 1);
+        assert_eq!(loose.results[0].value, "13.5");
+        // A dangling reference is refused.
+        let bad = json!({"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "x"},
+            "subject": subject, "result": [{"reference": "Observation/nope"}]});
+        assert_eq!(items(&bad, SYS, "lab").unwrap_err().code, "structure");
+    }
+
+    #[test]
     fn observation_with_identifier() {
         let obs = json!({
             "resourceType": "Observation", "id": "glu", "meta": {"versionId": "2"},
