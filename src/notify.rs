@@ -98,3 +98,47 @@ async fn flush(store: &Store, mailer: &Mailer, rooms: BTreeSet<String>) {
         }
     }
 }
+
+// ---------------------------------------------------------------- preferences
+
+use crate::app::AppState;
+use crate::http::{ApiError, ApiJson, Auth};
+type ApiResult<T> = Result<T, ApiError>;
+use axum::Json;
+use axum::extract::State;
+use tonari_wire::NoticePrefs;
+
+async fn prefs_of(s: &AppState, user_id: i64) -> ApiResult<Json<NoticePrefs>> {
+    let (results, role) = s
+        .store
+        .notice_pref(user_id)
+        .await
+        .map_err(crate::error::Error::from)?
+        .unwrap_or((None, String::new()));
+    Ok(Json(NoticePrefs {
+        results,
+        effective: results.unwrap_or(role == "care_manager"),
+    }))
+}
+
+/// `GET /v1/me/notices`.
+pub async fn get_prefs(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+) -> ApiResult<Json<NoticePrefs>> {
+    prefs_of(&s, auth.user_id).await
+}
+
+/// `POST /v1/me/notices`: set (or with `null`, reset) the result notices.
+pub async fn set_prefs(
+    State(s): State<Arc<AppState>>,
+    Auth(auth, _): Auth,
+    ApiJson(req): ApiJson<NoticePrefs>,
+) -> ApiResult<Json<NoticePrefs>> {
+    s.store
+        .set_notice_pref(auth.user_id, req.results)
+        .await
+        .map_err(crate::error::Error::from)?;
+    tracing::info!(user = auth.user_id, "notice preference changed");
+    prefs_of(&s, auth.user_id).await
+}

@@ -34,3 +34,24 @@ impl Store {
             .collect())
     }
 }
+
+impl Store {
+    /// (notify_results, role) of a user.
+    pub async fn notice_pref(&self, user_id: i64) -> StoreResult<Option<(Option<bool>, String)>> {
+        let row: Option<(Option<bool>, String)> =
+            sqlx::query_as("SELECT notify_results, role FROM users WHERE id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row)
+    }
+
+    pub async fn set_notice_pref(&self, user_id: i64, results: Option<bool>) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET notify_results = ? WHERE id = ?")
+            .bind(results)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

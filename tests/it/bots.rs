@@ -252,6 +252,12 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
         "the lab bot is a visible member with role bot"
     );
 
+    // Notices: care managers by default; the doctor turns them on.
+    assert!(cm.notice_prefs().await.expect("prefs").effective);
+    assert!(!w.nurse.notice_prefs().await.expect("prefs").effective);
+    let p = w.doctor.set_result_notices(Some(true)).await.expect("on");
+    assert_eq!((p.results, p.effective), (Some(true), true));
+
     // A second patient's room with the same care manager and the lab bot.
     let room2 = w
         .nurse
@@ -350,12 +356,19 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
 
     // The care manager gets one content-free notice for the batch: both
     // rooms, each linked once (per language), not one mail per result.
-    let mail = w.sink.next_mail().await;
-    assert_eq!(mail.to, vec!["mika@care.example".to_string()]);
+    // The doctor (notices on, only in the first room) gets one too.
+    let mut mails = vec![w.sink.next_mail().await, w.sink.next_mail().await];
+    mails.sort_by(|a, b| a.to.cmp(&b.to));
+    assert_eq!(mails[0].to, vec!["ken@minami.example".to_string()]);
+    assert_eq!(mails[1].to, vec!["mika@care.example".to_string()]);
+    let link = |r: &str| format!("https://tonari.example/#/rooms/{r}");
+    assert_eq!(mails[0].text.matches(&link(&w.room)).count(), 2);
+    assert!(!mails[0].text.contains(&link(&room2)));
+    let mail = mails.remove(1);
     for r in [&w.room, &room2] {
-        let link = format!("https://tonari.example/#/rooms/{r}");
-        assert_eq!(mail.text.matches(&link).count(), 2, "{}", mail.text);
+        assert_eq!(mail.text.matches(&link(r)).count(), 2, "{}", mail.text);
     }
+    assert!(w.sink.is_empty(), "no mail for the nurse");
     for secret in [
         "187.3",
         "1.42",

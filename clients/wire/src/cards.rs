@@ -123,6 +123,17 @@ pub enum Card {
     Summary(SummaryCard),
 }
 
+/// A user's e-mail notice preferences (`GET`/`POST` [`crate::paths::NOTICES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NoticePrefs {
+    /// E-mail me when new results arrive in my rooms: `true`, `false`, or
+    /// `null` for the role's default (care managers yes, others no).
+    pub results: Option<bool>,
+    /// What applies now (read only; ignored in requests).
+    #[serde(default)]
+    pub effective: bool,
+}
+
 fn result_line(out: &mut String, r: &LabResult) {
     let _ = write!(out, "  {}", r.test_name);
     let codes: Vec<String> = [

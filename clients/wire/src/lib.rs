@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub mod cards;
-pub use cards::{Card, LabCard, LabFlag, LabResult, SummaryCard};
+pub use cards::{Card, LabCard, LabFlag, LabResult, NoticePrefs, SummaryCard};
 pub mod care;
 pub use care::{
     Action, Change, CommitGrounds, Consent, ConsentList, CreateInvitation, CreateOrgRequest,
@@ -71,6 +71,8 @@ pub mod paths {
     pub const WS: &str = "/v1/ws";
     /// GET → `ok` (liveness).
     pub const HEALTH: &str = "/health";
+    /// GET → [`crate::NoticePrefs`]; POST [`crate::NoticePrefs`] → [`crate::NoticePrefs`]: e-mail notices.
+    pub const NOTICES: &str = "/v1/me/notices";
 
     /// Fill `{name}` placeholders of a path template.
     pub fn fill(template: &str, args: &[(&str, &str)]) -> String {
