@@ -92,6 +92,12 @@ impl App {
             .await
             .map_err(|e| AppError::Startup(format!("cannot open the bots' database: {e}")))?;
         let keys = crate::ingest::parse_keys(&config.ingest_api_keys).map_err(AppError::Startup)?;
+        if config.bots_enabled && config.totp_required_roles.contains(&tonari_wire::Role::Bot) {
+            return Err(AppError::Startup(
+                "totp_required_roles must not list bot: bots log in without a second factor"
+                    .to_string(),
+            ));
+        }
         if config.bots_enabled {
             crate::bots::ensure_accounts(&store, &bots_store)
                 .await

@@ -44,6 +44,20 @@ const SWEEP: Duration = Duration::from_secs(30);
 /// The password is saved in the bots' store before the account is created,
 /// so a crash in between is repaired on the next start.
 pub async fn ensure_accounts(store: &Store, bots: &BotStore) -> Result<(), String> {
+    // SQLite may answer "busy" while other connections write (the server
+    // running next to `tonari bots`): retry a few times.
+    let mut last = String::new();
+    for attempt in 0..5u32 {
+        match ensure_accounts_once(store, bots).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
+    }
+    Err(last)
+}
+
+async fn ensure_accounts_once(store: &Store, bots: &BotStore) -> Result<(), String> {
     for name in BOTS {
         let password = match bots.bot_password(name).await.map_err(|e| e.to_string())? {
             Some(p) => p,

@@ -739,6 +739,8 @@ async fn bots_run_as_a_separate_process() {
         c.bots_enabled = false;
     })
     .await;
+    register(&server, "doc").await;
+    let doc = login(&server, root, "doc", "phone").await;
     let mut bots = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
         .args(["bots", "--server", &server.url, "--poll-secs", "1"])
         .env("TONARI_DATA_DIR", &server.data_dir)
@@ -748,8 +750,6 @@ async fn bots_run_as_a_separate_process() {
         .kill_on_drop(true)
         .spawn()
         .expect("start tonari bots");
-    register(&server, "doc").await;
-    let doc = login(&server, root, "doc", "phone").await;
     let room = doc
         .create_room_with(&RoomSettings::care_room(Some("P-2001".into())))
         .await
