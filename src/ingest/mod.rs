@@ -32,6 +32,8 @@ use tokio::sync::Notify;
 
 /// POST a FHIR resource or Bundle.
 pub const FHIR_PATH: &str = "/v1/ingest/fhir";
+/// POST a resource of that type (`/v1/ingest/fhir/Observation`, ...).
+pub const FHIR_TYPE_PATH: &str = "/v1/ingest/fhir/{resource_type}";
 /// GET the source's held results (ids only).
 pub const HELD_PATH: &str = "/v1/ingest/held";
 
@@ -134,6 +136,7 @@ impl Ingestor {
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route(FHIR_PATH, post(fhir_post))
+        .route(FHIR_TYPE_PATH, post(fhir_post_typed))
         .route(HELD_PATH, get(held))
 }
 
@@ -167,11 +170,29 @@ fn unauthorized() -> Response {
 }
 
 async fn fhir_post(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    fhir_ingest(&s, &headers, &body, None).await
+}
+
+async fn fhir_post_typed(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(resource_type): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    fhir_ingest(&s, &headers, &body, Some(&resource_type)).await
+}
+
+async fn fhir_ingest(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    expected: Option<&str>,
+) -> Response {
     let ing = &s.ingest;
-    let Some(source) = authenticate(ing, &headers) else {
+    let Some(source) = authenticate(ing, headers) else {
         return unauthorized();
     };
-    let root: Value = match serde_json::from_slice(&body) {
+    let root: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
             return fhir_response(
@@ -180,6 +201,18 @@ async fn fhir_post(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             );
         }
     };
+    if let Some(t) = expected
+        && root.get("resourceType").and_then(Value::as_str) != Some(t)
+    {
+        return fhir_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            fhir::outcome(
+                "error",
+                "invalid",
+                "the body's resourceType does not match the type in the URL",
+            ),
+        );
+    }
     let items = match fhir::items(&root, &ing.network_id_system, source) {
         Ok(i) => i,
         Err(e) => {

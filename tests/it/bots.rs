@@ -443,6 +443,14 @@ async fn fhir_results_are_idempotent_validated_held_and_summarised() {
     assert_eq!(body["issue"][0]["code"], "not-supported");
     assert!(diagnostics(&body).contains("Encounter"), "{body}");
     assert_eq!(post_fhir(&server, Some(KEY), "{not json").await.0, 400);
+    let typed = reqwest::Client::new()
+        .post(format!("{}/v1/ingest/fhir/Condition", server.url))
+        .bearer_auth(KEY)
+        .body(glucose.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(typed.status().as_u16(), 422, "type in the URL must match");
     let no_subject = glucose.replace("\"subject\"", "\"subjectX\"");
     let (status, body) = post_fhir(&server, Some(KEY), &no_subject).await;
     assert_eq!(status, 422, "{body}");
