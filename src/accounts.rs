@@ -180,14 +180,21 @@ pub struct Accounts {
     account_failures: Limiter,
     registration: Registration,
     totp_required_roles: Vec<Role>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Most cached sessions (the cache is cleared when full).
 const SESSION_CACHE_MAX: usize = 100_000;
 
 impl Accounts {
-    pub async fn new(store: Store, writer: Writer, config: &crate::Config) -> Result<Self> {
+    pub async fn new(
+        store: Store,
+        writer: Writer,
+        config: &crate::Config,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self> {
         Ok(Accounts {
+            metrics,
             store,
             writer,
             session_ttl_ms: i64::try_from(config.session_ttl_secs.saturating_mul(1000))
@@ -298,6 +305,24 @@ impl Accounts {
     }
 
     pub async fn login(&self, req: LoginRequest, peer: std::net::IpAddr) -> Result<LoginResponse> {
+        let res = self.login_inner(req, peer).await;
+        self.metrics.login(match &res {
+            Ok(_) => "ok",
+            Err(e) => match e.code {
+                ErrorCode::RateLimited => "rate_limited",
+                ErrorCode::TotpRequired | ErrorCode::TotpInvalid => "totp_refused",
+                ErrorCode::LoginFailed => "failed",
+                _ => "error",
+            },
+        });
+        res
+    }
+
+    async fn login_inner(
+        &self,
+        req: LoginRequest,
+        peer: std::net::IpAddr,
+    ) -> Result<LoginResponse> {
         let failed = || Error::new(ErrorCode::LoginFailed, "wrong username or password");
         let now = now_ms();
         // Every attempt counts against the client address.
@@ -574,19 +599,19 @@ impl Accounts {
     }
 
     /// The directory entry of a user: who they are and their devices' keys.
-    /// A patient's network id and a family link are shown to professionals,
-    /// to the user themself, and to the patient and family of the same
+    /// A patient's network id and a family link are shown to professionals
+    /// and bots, to the user themself, and to the patient and family of the same
     /// patient (their clients need them to verify consents); to other
-    /// patients and family they are left out. Bots are room members whose
-    /// clients verify consents too, so they see them like professionals.
+    /// patients and family they are left out.
     pub async fn user_devices(&self, auth: AuthDevice, username: &str) -> Result<DirectoryEntry> {
         let mut profile = self
             .store
             .profile_by_name(username)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::UserNotFound, "no such user"))?;
-        let sees_all = auth.role.is_professional() || auth.role == tonari_wire::Role::Bot;
-        if !sees_all && profile.id != auth.user_id {
+        // Bots verify consents in their rooms like any member: they see it.
+        let limited = !auth.role.is_professional() && auth.role != Role::Bot;
+        if limited && profile.id != auth.user_id {
             let patient_of = |p: &Profile| {
                 p.network_id
                     .clone()

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 /// Shared state of the running server.
 pub struct AppState {
     pub config: Config,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub accounts: Accounts,
     pub delivery: DeliveryService,
     pub care: crate::care::CareService,
@@ -69,18 +70,29 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = Store::open_sqlite(&config.database_path()).await?;
+        let database = config.database().map_err(AppError::Startup)?;
+        let store = Store::open(&database).await?;
         let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
-        let (writer, writer_task) =
-            crate::store::writer::spawn(&store, config.write_queue, config.write_batch_max)?;
-        let accounts = Accounts::new(store.clone(), writer.clone(), &config)
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (writer, writer_task) = crate::store::writer::spawn(
+            &store,
+            config.write_queue,
+            config.write_batch_max,
+            metrics.clone(),
+        )?;
+        let accounts = Accounts::new(store.clone(), writer.clone(), &config, metrics.clone())
             .await
             .map_err(|e| AppError::Startup(e.to_string()))?;
         let mailer = crate::mailer::Mailer::new(&config).map_err(AppError::Startup)?;
         let care = crate::care::CareService::new(store.clone(), writer.clone(), mailer, &config);
         let delivery_writer = writer.clone();
-        let delivery =
-            DeliveryService::new(store.clone(), hub.clone(), writer, config.room_cache_max);
+        let delivery = DeliveryService::new(
+            store.clone(),
+            hub.clone(),
+            writer,
+            config.room_cache_max,
+            metrics.clone(),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -123,6 +135,7 @@ impl App {
         };
         let state = Arc::new(AppState {
             config,
+            metrics,
             accounts,
             delivery,
             care,

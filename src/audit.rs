@@ -108,11 +108,11 @@ impl ChainError {
     }
 }
 
-/// Verify the audit log of a database file (opened read-only).
+/// Verify the audit log of a database (opened read-only).
 pub async fn verify_database(
-    path: &std::path::Path,
+    db: &crate::store::Database,
 ) -> Result<Result<(usize, [u8; 32]), ChainError>, crate::store::StoreError> {
-    let store = crate::store::Store::open_sqlite_read_only(path).await?;
+    let store = crate::store::Store::open_read_only(db).await?;
     let entries = store.audit_entries().await;
     store.close().await;
     let entries = entries?;

@@ -465,10 +465,12 @@ pub async fn console_admin_invitation(
     kind: OrgKind,
 ) -> std::result::Result<(OrgInfo, String, i64), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
-    let store = Store::open_sqlite(&config.database_path())
+    let store = Store::open(&config.database()?)
         .await
         .map_err(|e| e.to_string())?;
-    let (writer, task) = crate::store::writer::spawn(&store, 16, 16).map_err(|e| e.to_string())?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let (writer, task) =
+        crate::store::writer::spawn(&store, 16, 16, metrics).map_err(|e| e.to_string())?;
     let result = async {
         let existing = store
             .orgs()

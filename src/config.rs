@@ -22,8 +22,10 @@ pub enum Registration {
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket.
     pub listen: SocketAddr,
-    /// Directory for the SQLite database; created on first start.
+    /// Directory for the SQLite database (and other files); created on first start.
     pub data_dir: PathBuf,
+    /// Database: empty for SQLite in `data_dir`, or a `postgres://` URL.
+    pub database_url: String,
     /// Largest HTTP request body accepted, in bytes (JSON, MLS bytes in base64).
     pub max_body_bytes: usize,
     /// Largest WebSocket message accepted from a client, in bytes.
@@ -74,6 +76,12 @@ pub struct Config {
     pub smtp_url: String,
     /// The From address of e-mails.
     pub mail_from: String,
+    /// Origins (e.g. `https://care.example.org`) besides the server's own
+    /// whose pages may open the WebSocket. A WebSocket upgrade that carries
+    /// an `Origin` header matching neither is refused (403).
+    pub allowed_origins: Vec<String>,
+    /// Serve Prometheus metrics at `/metrics` (counts only, no ids or content).
+    pub metrics_enabled: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
     /// Run the bots (lab-bot, summary-bot) inside the server process.
@@ -97,6 +105,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             data_dir: PathBuf::from("tonari-data"),
+            database_url: String::new(),
             max_body_bytes: 24 * 1024 * 1024,
             ws_max_message_bytes: 16 * 1024 * 1024,
             ws_max_frame_bytes: 16 * 1024 * 1024,
@@ -125,6 +134,8 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8480".to_string(),
             smtp_url: String::new(),
             mail_from: "Tonari <tonari@localhost>".to_string(),
+            allowed_origins: Vec::new(),
+            metrics_enabled: true,
             log_filter: "info".to_string(),
             bots_enabled: true,
             mllp_listen: String::new(),
@@ -198,6 +209,7 @@ impl Config {
                     .map_err(|_| "expected host:port".to_string())?
             }
             "data_dir" => self.data_dir = PathBuf::from(value),
+            "database_url" => self.database_url = value.to_string(),
             "max_body_bytes" => self.max_body_bytes = num(value)?,
             "ws_max_message_bytes" => self.ws_max_message_bytes = num(value)?,
             "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
@@ -242,6 +254,21 @@ impl Config {
             "public_url" => self.public_url = value.to_string(),
             "smtp_url" => self.smtp_url = value.to_string(),
             "mail_from" => self.mail_from = value.to_string(),
+            "allowed_origins" => {
+                self.allowed_origins = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            "metrics_enabled" => {
+                self.metrics_enabled = match value {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err("expected true or false".to_string()),
+                }
+            }
             "log_filter" => self.log_filter = value.to_string(),
             "bots_enabled" => {
                 self.bots_enabled = value
@@ -278,6 +305,9 @@ impl Config {
 listen = "{listen}"
 # Directory for the SQLite database (tonari.sqlite3, WAL mode); created on first start.
 data_dir = "{data_dir}"
+# The database: empty for SQLite in data_dir, or a PostgreSQL URL such as
+# "postgres://tonari@127.0.0.1:5432/tonari" (several servers may share one).
+database_url = ""
 # Largest HTTP request body accepted, in bytes (JSON with base64 MLS bytes).
 max_body_bytes = {max_body}
 # Largest WebSocket message and frame accepted from a client, in bytes.
@@ -334,6 +364,13 @@ public_url = "{public_url}"
 smtp_url = ""
 # The From address of e-mails.
 mail_from = "{mail_from}"
+# Origins besides the server's own whose web pages may open the WebSocket
+# (env: comma-separated), e.g. ["https://care.example.org"]. An upgrade with an
+# Origin header that matches neither is refused; native clients send none.
+allowed_origins = []
+# Serve Prometheus metrics at /metrics (counts and latencies only: no ids,
+# no content). Keep /metrics away from the public internet at the proxy.
+metrics_enabled = true
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
 
@@ -396,6 +433,7 @@ notify_batch_secs = {notify_batch}
         )
     }
 
+    /// The SQLite file used when `database_url` is empty.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("tonari.sqlite3")
     }
@@ -403,6 +441,24 @@ notify_batch_secs = {notify_batch}
     /// The bots' own database (clinical data, bot credentials).
     pub fn bots_database_path(&self) -> PathBuf {
         self.data_dir.join("bots.sqlite3")
+    }
+
+    /// The database this configuration names.
+    pub fn database(&self) -> Result<crate::store::Database, String> {
+        let url = self.database_url.trim();
+        if url.is_empty() {
+            return Ok(crate::store::Database::Sqlite(self.database_path()));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(crate::store::Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(crate::store::Database::Postgres(url.to_string()));
+        }
+        Err(format!(
+            "database_url must be empty, sqlite://PATH or postgres://... (got {})",
+            crate::store::redact_url(url)
+        ))
     }
 }
 

@@ -113,6 +113,7 @@ pub struct DeliveryService {
     /// from the store on next use).
     room_cache_max: usize,
     inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,6 +203,12 @@ impl Pending {
                     .clone();
                 match outcome {
                     Some(Ok(ack)) => ack,
+                    Some(Err(e)) if e.contains("room seq moved") => {
+                        return Err(Error::new(
+                            ErrorCode::Unavailable,
+                            "the room changed on another server meanwhile; retry with the same txn_id",
+                        ));
+                    }
                     Some(Err(e)) => return Err(Error::internal(e)),
                     None => return Err(Error::internal("no outcome")),
                 }
@@ -297,11 +304,18 @@ fn epoch_conflict(current: u64, got: u64) -> Error {
 }
 
 impl DeliveryService {
-    pub fn new(store: Store, hub: Arc<Hub>, writer: Writer, room_cache_max: usize) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        writer: Writer,
+        room_cache_max: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         DeliveryService {
             store,
             hub,
             writer,
+            metrics,
             rooms: Mutex::new(RoomCache::default()),
             room_cache_max: room_cache_max.max(1),
             inflight: Arc::new(Mutex::new(HashMap::new())),
@@ -485,7 +499,7 @@ impl DeliveryService {
     pub async fn room_info(&self, auth: AuthDevice, room_id: &str) -> Result<RoomInfo> {
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
-        self.ensure_loaded(room_id, &mut guard).await?;
+        self.ensure_fresh(room_id, &mut guard).await?;
         let room = guard.as_ref().ok_or_else(room_not_found)?;
         if !room.members.contains(&auth.device_id) {
             return Err(not_a_member());
@@ -511,6 +525,23 @@ impl DeliveryService {
             }
         }
         Ok(out)
+    }
+
+    /// [`Self::ensure_loaded`], and on PostgreSQL (which other server
+    /// processes may share) reload the room if it moved on there. Two
+    /// processes racing for the same seq are stopped by the writer's guard;
+    /// the loser's senders get 503 and retry.
+    async fn ensure_fresh(&self, room_id: &str, slot: &mut Option<Room>) -> Result<()> {
+        self.ensure_loaded(room_id, slot).await?;
+        if self.store.database().is_postgres()
+            && let Some(room) = slot.as_ref()
+            && room.pending.load(Ordering::Acquire) == 0
+            && self.store.room_last_seq(room_id).await? != Some(room.last_seq)
+        {
+            *slot = None;
+            self.ensure_loaded(room_id, slot).await?;
+        }
+        Ok(())
     }
 
     async fn ensure_loaded(&self, room_id: &str, slot: &mut Option<Room>) -> Result<()> {
@@ -540,6 +571,19 @@ impl DeliveryService {
         room_id: &str,
         req: SubmitRequest,
     ) -> Result<Pending> {
+        let res = self.enqueue_inner(auth, room_id, req).await;
+        if let Err(e) = &res {
+            self.metrics.refused(e.code.as_str());
+        }
+        res
+    }
+
+    async fn enqueue_inner(
+        &self,
+        auth: AuthDevice,
+        room_id: &str,
+        req: SubmitRequest,
+    ) -> Result<Pending> {
         if req.txn_id.is_empty() || req.txn_id.len() > MAX_TXN_ID {
             return Err(Error::new(
                 ErrorCode::InvalidRequest,
@@ -556,7 +600,7 @@ impl DeliveryService {
         {
             *guard = None;
         }
-        self.ensure_loaded(room_id, &mut guard).await?;
+        self.ensure_fresh(room_id, &mut guard).await?;
 
         // Idempotency first: a retry of an accepted message gets its first
         // ack, even though the room has moved on since. The room keeps the
@@ -674,7 +718,7 @@ impl DeliveryService {
             frame,
             (room.poisoned.clone(), room.pending.clone()),
             key,
-            result_tx,
+            (result_tx, started),
         );
         let validated = started.elapsed();
         if let Err(stopped) = self.writer.submit(Job { append, done }).await {
@@ -706,9 +750,10 @@ impl DeliveryService {
         frame: Utf8Bytes,
         (poisoned, pending): (Arc<AtomicBool>, Arc<AtomicUsize>),
         key: InFlightKey,
-        result: watch::Sender<Option<Result<Ack, String>>>,
+        (result, started): (watch::Sender<Option<Result<Ack, String>>>, Instant),
     ) -> Completion {
         let hub = self.hub.clone();
+        let metrics = self.metrics.clone();
         let inflight = self.inflight.clone();
         let removed = append.removed_devices.clone();
         let welcome = append
@@ -750,6 +795,16 @@ impl DeliveryService {
                         device_id,
                         "message accepted"
                     );
+                    let kind = crate::store::kind_str(ack.kind);
+                    metrics
+                        .accepted
+                        .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+                        .inc();
+                    if ack.kind == MessageKind::Commit {
+                        metrics
+                            .commit_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                     let _ = result.send(Some(Ok(ack)));
                 }
                 Err(e) => {
@@ -883,6 +938,10 @@ impl DeliveryService {
                             .map(|p| p.target.device_id)
                             .collect();
                         // A revoked consent: the commit must take those people out.
+                        // (Another server process may have recorded one.)
+                        if self.store.database().is_postgres() {
+                            room.revoked = revoked_users(&self.store.consents(&room.id).await?);
+                        }
                         if let Some(stays) = room.pg.members().find_map(|m| {
                             mls::identity_of(&m.credential).filter(|id| {
                                 room.revoked.contains(&id.user_id)

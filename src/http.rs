@@ -147,6 +147,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
         .route(paths::HEALTH, get(|| async { "ok" }))
+        .route(paths::READY, get(ready))
+        .route(paths::METRICS, get(metrics))
         .route(paths::REGISTER, post(register))
         .route(paths::LOGIN, post(login))
         .route(paths::LOGOUT, post(logout))
@@ -183,7 +185,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this endpoint does not take that HTTP method",
             ))
         })
-        .fallback(|| async { ApiError(Error::new(ErrorCode::NotFound, "no such endpoint")) })
+        // `/v1/...` keeps its JSON 404; other GETs serve the web client.
+        .fallback(crate::web::fallback)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -493,4 +496,42 @@ async fn list_consents(
     Ok(Json(tonari_wire::ConsentList {
         consents: s.care.consents(&room_id).await?,
     }))
+}
+
+// ---------------------------------------------------------------- operations
+
+/// Readiness: 200 when the database answers and the server is not shutting
+/// down; 503 otherwise (a load balancer stops sending traffic).
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let db = tokio::time::timeout(std::time::Duration::from_secs(2), s.store.ping()).await;
+    let (status, database) = match db {
+        Ok(Ok(())) if !s.shutdown.is_cancelled() => (StatusCode::OK, "ok"),
+        Ok(Ok(())) => (StatusCode::SERVICE_UNAVAILABLE, "ok"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "error")
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "database": database,
+        "shutting_down": s.shutdown.is_cancelled(),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics (text exposition format); 404 when turned off.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    if !s.config.metrics_enabled {
+        return ApiError(Error::new(ErrorCode::NotFound, "metrics are turned off")).into_response();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }

@@ -15,11 +15,13 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod mailer;
+pub mod metrics;
 pub mod mls;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 pub use app::{App, AppError};

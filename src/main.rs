@@ -85,9 +85,13 @@ enum AuditCommand {
     /// the entry count and head hash when intact; exits 1 naming the first
     /// edited, deleted or reordered entry otherwise.
     Verify {
-        /// The database file (default: tonari.sqlite3 in the configured data_dir).
-        #[arg(long)]
+        /// A SQLite database file (default: the configured database, i.e.
+        /// `database_url` or tonari.sqlite3 in data_dir).
+        #[arg(long, conflicts_with = "database_url")]
         database: Option<PathBuf>,
+        /// A database URL (`postgres://…` or `sqlite://PATH`).
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -106,7 +110,11 @@ fn main() -> ExitCode {
             print!("{}", Config::example_toml());
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match toml::to_string_pretty(&config) {
+        Command::CheckConfig => match toml::to_string_pretty(&Config {
+            // Never print a database password.
+            database_url: tonari::store::redact_url(&config.database_url),
+            ..config
+        }) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -157,8 +165,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Audit {
-            command: AuditCommand::Verify { database },
-        } => audit_verify(database.unwrap_or_else(|| config.database_path())),
+            command:
+                AuditCommand::Verify {
+                    database,
+                    database_url,
+                },
+        } => {
+            let mut config = config;
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let db = match database {
+                Some(path) => Ok(tonari::store::Database::Sqlite(path)),
+                None => config.database(),
+            };
+            match db {
+                Ok(db) => audit_verify(db),
+                Err(e) => {
+                    eprintln!("tonari: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -197,11 +225,11 @@ fn admin_invite(config: &Config, org: &str, kind: tonari_wire::OrgKind) -> ExitC
     }
 }
 
-fn audit_verify(path: PathBuf) -> ExitCode {
+fn audit_verify(db: tonari::store::Database) -> ExitCode {
     let Some(runtime) = small_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(tonari::audit::verify_database(&path)) {
+    match runtime.block_on(tonari::audit::verify_database(&db)) {
         Ok(Ok((count, head))) => {
             println!("audit log OK: {count} entries, head {}", hex::encode(head));
             ExitCode::SUCCESS
@@ -211,7 +239,7 @@ fn audit_verify(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("tonari: cannot read {}: {e}", path.display());
+            eprintln!("tonari: cannot read {}: {e}", db.describe());
             ExitCode::from(2)
         }
     }

@@ -12,10 +12,11 @@ use crate::accounts::AuthDevice;
 use crate::app::AppState;
 use crate::delivery::{Pending, frame_text};
 use crate::error::Error;
-use crate::http::{ApiError, Auth};
+use crate::http::ApiError;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use futures_util::stream::FuturesOrdered;
@@ -41,9 +42,37 @@ const MAX_SENDS_IN_FLIGHT: usize = 256;
 
 pub async fn upgrade(
     State(s): State<Arc<AppState>>,
-    Auth(auth, _): Auth,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // A page of another site must not use a browser's session here.
+    if !crate::web::origin_allowed(&s.config.allowed_origins, &headers) {
+        return ApiError(Error::new(
+            ErrorCode::Forbidden,
+            "this origin may not open the WebSocket",
+        ))
+        .into_response();
+    }
+    // Native clients send `Authorization: Bearer`; browsers cannot, and offer
+    // the token as a subprotocol instead (see `crate::web`).
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let (token, browser) = match (header_token, crate::web::ws_protocol_token(&headers)) {
+        (Some(t), _) => (t, false),
+        (None, Some(t)) => (t, true),
+        (None, None) => return ApiError(Error::unauthenticated()).into_response(),
+    };
+    let auth = match s.accounts.authenticate(token).await {
+        // Like `Auth`: a session that still has to enrol TOTP gets no socket.
+        Ok(auth) if auth.restricted => {
+            return ApiError(crate::http::totp_enrollment_required()).into_response();
+        }
+        Ok(auth) => auth,
+        Err(e) => return ApiError(e).into_response(),
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -58,6 +87,12 @@ pub async fn upgrade(
         }
     };
     let tracker = s.tasks.clone();
+    // Answer with `tonari.v1` only: the token subprotocol is never echoed.
+    let ws = if browser {
+        ws.protocols([crate::web::WS_PROTOCOL])
+    } else {
+        ws
+    };
     ws.max_message_size(s.config.ws_max_message_bytes)
         .max_frame_size(s.config.ws_max_frame_bytes)
         .read_buffer_size(READ_BUFFER)
@@ -79,6 +114,7 @@ enum ForwardEnd {
 async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
     let device_id = auth.device_id;
     tracing::debug!(device_id, "websocket connected");
+    s.metrics.ws_connections.inc();
     let (conn_id, mut device_events) = s.hub.register_device(device_id);
     let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(s.config.ws_outbound_queue.max(1));
     let mut forwarders: JoinSet<Result<ForwardEnd, Error>> = JoinSet::new();
@@ -168,16 +204,22 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                 // syscall for a burst instead of one per frame.
                 let write = async {
                     sink.feed(Message::Text(frame)).await?;
+                    let mut frames = 1u64;
                     for _ in 1..MAX_FRAMES_PER_FLUSH {
                         match out_rx.try_recv() {
-                            Ok(f) => sink.feed(Message::Text(f)).await?,
+                            Ok(f) => {
+                                sink.feed(Message::Text(f)).await?;
+                                frames += 1;
+                            }
                             Err(_) => break,
                         }
                     }
-                    sink.flush().await
+                    sink.flush().await.map(|()| frames)
                 };
                 match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(frames)) => {
+                        s.metrics.delivered.inc_by(frames);
+                    }
                     _ => break None,
                 }
             }
@@ -210,6 +252,10 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
         task.handle.abort();
     }
     s.hub.unregister_device(device_id, conn_id);
+    s.metrics.ws_connections.dec();
+    if close.is_some_and(|c| c.0 == close_codes::SLOW_CONSUMER) {
+        s.metrics.queue_drop("websocket_outbound");
+    }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,

@@ -140,7 +140,7 @@ pub async fn run_separately(
     poll: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let store = Store::open_sqlite(&config.database_path())
+    let store = Store::open(&config.database()?)
         .await
         .map_err(|e| format!("cannot open the database: {e}"))?;
     let bots = BotStore::open(&config.bots_database_path())

@@ -77,7 +77,7 @@ const PROFILE_SELECT: &str = "SELECT u.id, u.username, u.display_name, u.role, u
      LEFT JOIN orgs o ON o.id = u.org_id
      LEFT JOIN family_links f ON f.user_id = u.id";
 
-fn profile_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Profile> {
+fn profile_from_row(r: &sqlx::any::AnyRow) -> StoreResult<Profile> {
     let org = match r.get::<Option<i64>, _>(5) {
         Some(org_id) => Some(OrgInfo {
             org_id,
@@ -104,7 +104,7 @@ fn profile_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Profile> {
     })
 }
 
-fn invitation_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<InvitationRow> {
+fn invitation_from_row(r: &sqlx::any::AnyRow) -> StoreResult<InvitationRow> {
     Ok(InvitationRow {
         id: r.get(0),
         inviter_user: r.get(1),
@@ -156,7 +156,7 @@ impl Store {
         if let Some(code_hash) = invitation {
             let row = sqlx::query(
                 "SELECT id, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, expires_ms, NULL, NULL, email
-                 FROM invitations WHERE code_hash = ? AND used_by IS NULL AND expires_ms > ?",
+                 FROM invitations WHERE code_hash = $1 AND used_by IS NULL AND expires_ms > $2",
             )
             .bind(code_hash)
             .bind(now_ms)
@@ -184,7 +184,7 @@ impl Store {
             used = Some(inv);
         }
         if let Some(nid) = &user.network_id {
-            let taken = sqlx::query("SELECT 1 FROM users WHERE network_id = ?")
+            let taken = sqlx::query("SELECT 1 FROM users WHERE network_id = $1")
                 .bind(nid)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -192,10 +192,10 @@ impl Store {
                 return Err(CreateUserError::NetworkIdTaken);
             }
         }
-        let res = sqlx::query(
+        let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, created_ms, role, org_id, display_name, network_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT(username) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT(username) DO NOTHING RETURNING id",
         )
         .bind(user.username)
         .bind(user.password_hash)
@@ -204,15 +204,14 @@ impl Store {
         .bind(user.org_id)
         .bind(user.display_name)
         .bind(&user.network_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if res.rows_affected() == 0 {
+        let Some(user_id) = inserted else {
             return Err(CreateUserError::UsernameTaken);
-        }
-        let user_id = res.last_insert_rowid();
+        };
         if let Some(f) = &user.family {
             sqlx::query(
-                "INSERT INTO family_links (user_id, patient_network_id, relationship, legal_proxy) VALUES (?, ?, ?, ?)",
+                "INSERT INTO family_links (user_id, patient_network_id, relationship, legal_proxy) VALUES ($1, $2, $3, $4)",
             )
             .bind(user_id)
             .bind(&f.patient_network_id)
@@ -224,14 +223,14 @@ impl Store {
         if let Some(inv) = &used {
             // The address moves from the invitation to the account.
             sqlx::query(
-                "UPDATE invitations SET used_by = ?, used_ms = ?, email = NULL WHERE id = ?",
+                "UPDATE invitations SET used_by = $1, used_ms = $2, email = NULL WHERE id = $3",
             )
             .bind(user_id)
             .bind(now_ms)
             .bind(inv.id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE users SET email = ? WHERE id = ?")
+            sqlx::query("UPDATE users SET email = $1 WHERE id = $2")
                 .bind(&inv.email)
                 .bind(user_id)
                 .execute(&mut *tx)
@@ -242,7 +241,7 @@ impl Store {
     }
 
     pub async fn profile(&self, user_id: i64) -> StoreResult<Option<Profile>> {
-        let sql = format!("{PROFILE_SELECT} WHERE u.id = ?");
+        let sql = format!("{PROFILE_SELECT} WHERE u.id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .fetch_optional(&self.pool)
@@ -251,7 +250,7 @@ impl Store {
     }
 
     pub async fn profile_by_name(&self, username: &str) -> StoreResult<Option<Profile>> {
-        let sql = format!("{PROFILE_SELECT} WHERE u.username = ?");
+        let sql = format!("{PROFILE_SELECT} WHERE u.username = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(username)
             .fetch_optional(&self.pool)
@@ -262,14 +261,24 @@ impl Store {
     /// Directory search, ordered by display name then id.
     pub async fn search_directory(&self, q: &DirectoryQuery) -> StoreResult<Vec<Profile>> {
         let sql = format!(
-            "{PROFILE_SELECT} WHERE (?1 IS NULL OR instr(lower(u.username), lower(?1)) > 0
-                     OR instr(lower(u.display_name), lower(?1)) > 0)
-                AND (?2 IS NULL OR u.role = ?2)
-                AND (?3 IS NULL OR u.org_id = ?3)
-              ORDER BY u.display_name, u.id LIMIT ?4"
+            "{PROFILE_SELECT} WHERE (CAST($1 AS TEXT) IS NULL
+                     OR lower(u.username) LIKE $1 ESCAPE '\\'
+                     OR lower(u.display_name) LIKE $1 ESCAPE '\\')
+                AND (CAST($2 AS TEXT) IS NULL OR u.role = $2)
+                AND (CAST($3 AS BIGINT) IS NULL OR u.org_id = $3)
+              ORDER BY u.display_name, u.id LIMIT $4"
         );
+        // A case-insensitive substring match, with LIKE's wildcards escaped.
+        let pattern = q.text.as_deref().map(|t| {
+            let escaped = t
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(q.text.as_deref())
+            .bind(pattern)
             .bind(q.role.map(Role::as_str))
             .bind(q.org_id)
             .bind(i64::from(q.limit))
@@ -282,7 +291,7 @@ impl Store {
     pub async fn role_and_totp(&self, user_id: i64) -> StoreResult<Option<(Role, bool)>> {
         let row = sqlx::query(
             "SELECT u.role, COALESCE(t.enabled, 0) FROM users u
-             LEFT JOIN totp t ON t.user_id = u.id WHERE u.id = ?",
+             LEFT JOIN totp t ON t.user_id = u.id WHERE u.id = $1",
         )
         .bind(user_id)
         .fetch_optional(&self.pool)
@@ -300,19 +309,19 @@ impl Store {
         kind: OrgKind,
         now_ms: i64,
     ) -> StoreResult<Option<i64>> {
-        let res = sqlx::query(
-            "INSERT INTO orgs (name, kind, created_ms) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
+        Ok(sqlx::query_scalar(
+            "INSERT INTO orgs (name, kind, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(name) DO NOTHING RETURNING id",
         )
         .bind(name)
         .bind(kind.as_str())
         .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok((res.rows_affected() == 1).then(|| res.last_insert_rowid()))
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn org(&self, org_id: i64) -> StoreResult<Option<OrgInfo>> {
-        let row = sqlx::query("SELECT id, name, kind FROM orgs WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, kind FROM orgs WHERE id = $1")
             .bind(org_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -343,7 +352,7 @@ impl Store {
 
     /// The user that is the patient with this network id, if registered.
     pub async fn patient_user(&self, network_id: &str) -> StoreResult<Option<i64>> {
-        let row = sqlx::query("SELECT id FROM users WHERE network_id = ? AND role = 'patient'")
+        let row = sqlx::query("SELECT id FROM users WHERE network_id = $1 AND role = 'patient'")
             .bind(network_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -367,9 +376,9 @@ impl Store {
         now_ms: i64,
         expires_ms: i64,
     ) -> StoreResult<i64> {
-        let res = sqlx::query(
+        let res: i64 = sqlx::query_scalar(
             "INSERT INTO invitations (email, code_hash, inviter_user, role, org_id, patient_network_id, relationship, legal_proxy, room_id, created_ms, expires_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(email)
         .bind(code_hash)
@@ -382,14 +391,14 @@ impl Store {
         .bind(room_id)
         .bind(now_ms)
         .bind(expires_ms)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(res.last_insert_rowid())
+        Ok(res)
     }
 
     /// Take back an invitation whose e-mail could not be sent.
     pub async fn delete_invitation(&self, id: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM invitations WHERE id = ? AND used_by IS NULL")
+        sqlx::query("DELETE FROM invitations WHERE id = $1 AND used_by IS NULL")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -401,7 +410,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT i.id, i.inviter_user, i.role, i.org_id, i.patient_network_id, i.relationship, i.legal_proxy, i.room_id, i.expires_ms, u.id, u.username, NULL
              FROM invitations i LEFT JOIN users u ON u.id = i.used_by
-             WHERE i.inviter_user = ? ORDER BY i.id DESC LIMIT 500",
+             WHERE i.inviter_user = $1 ORDER BY i.id DESC LIMIT 500",
         )
         .bind(inviter_user)
         .fetch_all(&self.pool)
@@ -426,7 +435,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let res = sqlx::query(
             "INSERT INTO consents (consent_id, room_id, subject_user, granted, signer_device, consent, signature, created_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(consent_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT(consent_id) DO NOTHING",
         )
         .bind(consent_id)
         .bind(room_id)
@@ -445,7 +454,7 @@ impl Store {
     pub async fn consents(&self, room_id: &str) -> StoreResult<Vec<ConsentRow>> {
         let rows = sqlx::query(
             "SELECT consent_id, subject_user, granted, consent, signature FROM consents
-             WHERE room_id = ? ORDER BY id",
+             WHERE room_id = $1 ORDER BY id",
         )
         .bind(room_id)
         .fetch_all(&self.pool)
@@ -464,7 +473,7 @@ impl Store {
 
     /// The patient network id a room is bound to.
     pub async fn room_patient(&self, room_id: &str) -> StoreResult<Option<Option<String>>> {
-        let row = sqlx::query("SELECT patient_network_id FROM rooms WHERE id = ?")
+        let row = sqlx::query("SELECT patient_network_id FROM rooms WHERE id = $1")
             .bind(room_id)
             .fetch_optional(&self.pool)
             .await?;

@@ -10,12 +10,10 @@ pub mod mls_state;
 pub mod notify;
 pub mod writer;
 
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use std::path::Path;
-use std::time::Duration;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use std::path::PathBuf;
 use tonari_wire::{MessageKind, Role};
 
 pub use mls_state::{RoomStateKv, StateChange};
@@ -134,58 +132,133 @@ pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-#[derive(Clone)]
-pub struct Store {
-    pool: SqlitePool,
-    path: std::path::PathBuf,
+/// Which database a server uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (WAL, `synchronous=FULL`), created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://user@host:port/db`).
+    Postgres(String),
 }
 
+impl Database {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+
+    /// For messages: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(p) => p.display().to_string(),
+            Database::Postgres(url) => redact_url(url),
+        }
+    }
+
+    fn any_url(&self, read_only: bool) -> String {
+        match self {
+            Database::Sqlite(p) => {
+                let mode = if read_only { "ro" } else { "rwc" };
+                format!("sqlite://{}?mode={mode}", p.display())
+            }
+            Database::Postgres(url) => url.clone(),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    db: Database,
+}
+
+/// SQLite settings every connection gets (sqlx's Any driver takes only a URL).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
 impl Store {
-    /// Open (creating if needed) the SQLite database and apply migrations.
-    pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+    /// Open (creating a SQLite file if needed) and apply the migrations of
+    /// the backend (`migrations/sqlite` or `migrations/postgres`).
+    pub async fn open(db: &Database) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        if let Database::Sqlite(path) = db
+            && let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let sqlite = !db.is_postgres();
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&db.any_url(false))
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        match db {
+            Database::Sqlite(_) => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Database::Postgres(_) => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
         Ok(Store {
             pool,
-            path: path.to_path_buf(),
+            db: db.clone(),
         })
     }
 
     /// Open an existing database read-only (no migrations), e.g. to verify it.
-    pub async fn open_sqlite_read_only(path: &Path) -> StoreResult<Store> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(false)
-            .read_only(true);
-        let pool = SqlitePoolOptions::new()
+    pub async fn open_read_only(db: &Database) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .connect(&db.any_url(true))
             .await?;
         Ok(Store {
             pool,
-            path: path.to_path_buf(),
+            db: db.clone(),
         })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
+    /// A trivial query: is the database there?
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     // ------------------------------------------------------------ accounts
 
     pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRow>> {
         let row =
-            sqlx::query("SELECT id, username, password_hash, role FROM users WHERE username = ?")
+            sqlx::query("SELECT id, username, password_hash, role FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -200,7 +273,7 @@ impl Store {
         .transpose()
     }
 
-    fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<DeviceRow> {
+    fn device_from_row(r: &AnyRow) -> StoreResult<DeviceRow> {
         Ok(DeviceRow {
             id: r.get(0),
             user_id: r.get(1),
@@ -212,7 +285,7 @@ impl Store {
     }
 
     pub async fn device(&self, device_id: i64) -> StoreResult<Option<DeviceRow>> {
-        let row = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?")
+        let row = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = $1")
             .bind(device_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -220,7 +293,7 @@ impl Store {
     }
 
     pub async fn devices_of_user(&self, user_id: i64) -> StoreResult<Vec<DeviceRow>> {
-        let rows = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.user_id = ? ORDER BY d.id")
+        let rows = sqlx::query("SELECT d.id, d.user_id, u.username, u.role, d.name, d.signature_key FROM devices d JOIN users u ON u.id = d.user_id WHERE d.user_id = $1 ORDER BY d.id")
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
@@ -235,20 +308,16 @@ impl Store {
         signature_key: &[u8],
         now_ms: i64,
     ) -> StoreResult<Option<i64>> {
-        let res = sqlx::query(
-            "INSERT INTO devices (user_id, name, signature_key, created_ms) VALUES (?, ?, ?, ?)
-             ON CONFLICT(signature_key) DO NOTHING",
+        Ok(sqlx::query_scalar(
+            "INSERT INTO devices (user_id, name, signature_key, created_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT(signature_key) DO NOTHING RETURNING id",
         )
         .bind(user_id)
         .bind(name)
         .bind(signature_key)
         .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(res.last_insert_rowid()))
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn create_session(
@@ -261,7 +330,7 @@ impl Store {
     ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, device_id, created_ms, expires_ms, last_used_ms)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(token_hash)
         .bind(user_id)
@@ -283,8 +352,8 @@ impl Store {
         idle_since_ms: i64,
     ) -> StoreResult<Option<(i64, i64)>> {
         let row = sqlx::query(
-            "UPDATE sessions SET last_used_ms = ?
-             WHERE token_hash = ? AND expires_ms > ? AND last_used_ms > ?
+            "UPDATE sessions SET last_used_ms = $1
+             WHERE token_hash = $2 AND expires_ms > $3 AND last_used_ms > $4
              RETURNING user_id, device_id",
         )
         .bind(now_ms)
@@ -297,7 +366,7 @@ impl Store {
     }
 
     pub async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(token_hash)
             .execute(&self.pool)
             .await?;
@@ -308,7 +377,7 @@ impl Store {
 
     /// (secret, enabled) of a user's TOTP, if enrolment started.
     pub async fn totp(&self, user_id: i64) -> StoreResult<Option<(Vec<u8>, bool)>> {
-        let row = sqlx::query("SELECT secret, enabled FROM totp WHERE user_id = ?")
+        let row = sqlx::query("SELECT secret, enabled FROM totp WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -318,7 +387,7 @@ impl Store {
     /// Start (or restart) enrolment; `false` if TOTP is already on.
     pub async fn totp_begin(&self, user_id: i64, secret: &[u8]) -> StoreResult<bool> {
         let res = sqlx::query(
-            "INSERT INTO totp (user_id, secret) VALUES (?, ?)
+            "INSERT INTO totp (user_id, secret) VALUES ($1, $2)
              ON CONFLICT(user_id) DO UPDATE SET secret = excluded.secret, last_step = -1
              WHERE totp.enabled = 0",
         )
@@ -333,8 +402,8 @@ impl Store {
     /// used already. With `enable`, also turns TOTP on.
     pub async fn totp_use_step(&self, user_id: i64, step: u64, enable: bool) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE totp SET last_step = ?, enabled = CASE WHEN ? THEN 1 ELSE enabled END
-             WHERE user_id = ? AND last_step < ?",
+            "UPDATE totp SET last_step = $1, enabled = CASE WHEN $2 THEN 1 ELSE enabled END
+             WHERE user_id = $3 AND last_step < $4",
         )
         .bind(to_i64(step))
         .bind(enable)
@@ -356,7 +425,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for (hash_ref, data) in items {
             let res = sqlx::query(
-                "INSERT INTO key_packages (device_id, hash_ref, data) VALUES (?, ?, ?)
+                "INSERT INTO key_packages (device_id, hash_ref, data) VALUES ($1, $2, $3)
                  ON CONFLICT(hash_ref) DO NOTHING",
             )
             .bind(device_id)
@@ -374,7 +443,7 @@ impl Store {
     }
 
     pub async fn count_key_packages(&self, device_id: i64) -> StoreResult<u32> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_packages WHERE device_id = ?")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_packages WHERE device_id = $1")
             .bind(device_id)
             .fetch_one(&self.pool)
             .await?;
@@ -388,17 +457,26 @@ impl Store {
         &self,
         device_ids: &[i64],
     ) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        // SQLite runs one writer at a time; PostgreSQL skips rows another
+        // claim has locked (without it, a concurrent claim of the same row
+        // would find it gone and report the device exhausted).
+        let sql = if self.db.is_postgres() {
+            "DELETE FROM key_packages WHERE id =
+               (SELECT id FROM key_packages WHERE device_id = $1 ORDER BY id LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+             RETURNING data"
+        } else {
+            "DELETE FROM key_packages WHERE id =
+               (SELECT id FROM key_packages WHERE device_id = $1 ORDER BY id LIMIT 1)
+             RETURNING data"
+        };
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(device_ids.len());
         for &device_id in device_ids {
-            let data: Option<Vec<u8>> = sqlx::query_scalar(
-                "DELETE FROM key_packages WHERE id =
-                   (SELECT id FROM key_packages WHERE device_id = ? ORDER BY id LIMIT 1)
-                 RETURNING data",
-            )
-            .bind(device_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let data: Option<Vec<u8>> = sqlx::query_scalar(sql)
+                .bind(device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             out.push((device_id, data));
         }
         tx.commit().await?;
@@ -419,7 +497,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
-            "INSERT INTO rooms (id, epoch, last_seq, creator_device, created_ms, patient_network_id) VALUES (?, ?, 0, ?, ?, ?)
+            "INSERT INTO rooms (id, epoch, last_seq, creator_device, created_ms, patient_network_id) VALUES ($1, $2, 0, $3, $4, $5)
              ON CONFLICT(id) DO NOTHING",
         )
         .bind(room_id)
@@ -434,7 +512,7 @@ impl Store {
             return Ok(false);
         }
         for (key, value) in state {
-            sqlx::query("INSERT INTO room_state (room_id, key, value) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO room_state (room_id, key, value) VALUES ($1, $2, $3)")
                 .bind(room_id)
                 .bind(key)
                 .bind(value)
@@ -442,7 +520,7 @@ impl Store {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO room_members (room_id, device_id, joined_after_seq) VALUES (?, ?, 0)",
+            "INSERT INTO room_members (room_id, device_id, joined_after_seq) VALUES ($1, $2, 0)",
         )
         .bind(room_id)
         .bind(creator_device)
@@ -452,15 +530,24 @@ impl Store {
         Ok(true)
     }
 
+    /// The stored last seq of a room (cheap freshness check).
+    pub async fn room_last_seq(&self, room_id: &str) -> StoreResult<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.map(to_u64))
+    }
+
     pub async fn load_room(&self, room_id: &str) -> StoreResult<Option<RoomRow>> {
-        let Some(row) = sqlx::query("SELECT epoch, last_seq FROM rooms WHERE id = ?")
+        let Some(row) = sqlx::query("SELECT epoch, last_seq FROM rooms WHERE id = $1")
             .bind(room_id)
             .fetch_optional(&self.pool)
             .await?
         else {
             return Ok(None);
         };
-        let state = sqlx::query("SELECT key, value FROM room_state WHERE room_id = ?")
+        let state = sqlx::query("SELECT key, value FROM room_state WHERE room_id = $1")
             .bind(room_id)
             .fetch_all(&self.pool)
             .await?
@@ -468,7 +555,7 @@ impl Store {
             .map(|r| (r.get::<String, _>(0), r.get::<Vec<u8>, _>(1)))
             .collect();
         let members = sqlx::query_scalar(
-            "SELECT device_id FROM room_members WHERE room_id = ? AND left_at_seq IS NULL
+            "SELECT device_id FROM room_members WHERE room_id = $1 AND left_at_seq IS NULL
              ORDER BY device_id",
         )
         .bind(room_id)
@@ -488,7 +575,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT r.id, r.epoch, r.last_seq FROM rooms r
              JOIN room_members m ON m.room_id = r.id
-             WHERE m.device_id = ? AND m.left_at_seq IS NULL ORDER BY r.created_ms, r.id",
+             WHERE m.device_id = $1 AND m.left_at_seq IS NULL ORDER BY r.created_ms, r.id",
         )
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -503,7 +590,7 @@ impl Store {
     pub async fn memberships(&self, room_id: &str, device_id: i64) -> StoreResult<Vec<Membership>> {
         let rows = sqlx::query(
             "SELECT joined_after_seq, left_at_seq FROM room_members
-             WHERE room_id = ? AND device_id = ? ORDER BY joined_after_seq",
+             WHERE room_id = $1 AND device_id = $2 ORDER BY joined_after_seq",
         )
         .bind(room_id)
         .bind(device_id)
@@ -518,7 +605,7 @@ impl Store {
             .collect())
     }
 
-    fn message_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredMessage> {
+    fn message_from_row(r: &AnyRow) -> StoreResult<StoredMessage> {
         Ok(StoredMessage {
             room_id: r.get(0),
             seq: to_u64(r.get(1)),
@@ -537,7 +624,7 @@ impl Store {
         sender_device: i64,
         txn_id: &str,
     ) -> StoreResult<Option<StoredMessage>> {
-        let row = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = ? AND sender_device = ? AND txn_id = ?")
+        let row = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = $1 AND sender_device = $2 AND txn_id = $3")
         .bind(room_id)
         .bind(sender_device)
         .bind(txn_id)
@@ -548,7 +635,7 @@ impl Store {
 
     /// Every (sender device, txn id) of a room.
     pub async fn txn_ids(&self, room_id: &str) -> StoreResult<Vec<(i64, String)>> {
-        let rows = sqlx::query("SELECT sender_device, txn_id FROM messages WHERE room_id = ?")
+        let rows = sqlx::query("SELECT sender_device, txn_id FROM messages WHERE room_id = $1")
             .bind(room_id)
             .fetch_all(&self.pool)
             .await?;
@@ -563,7 +650,7 @@ impl Store {
         until: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?")
+        let rows = sqlx::query("SELECT room_id, seq, kind, epoch, sender_device, txn_id, ts_ms, data FROM messages WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4")
         .bind(room_id)
         .bind(to_i64(after))
         .bind(to_i64(until))
@@ -603,7 +690,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT w.id, w.room_id, w.commit_seq, w.data FROM welcomes w
              JOIN welcome_recipients r ON r.welcome_id = w.id
-             WHERE r.device_id = ? ORDER BY w.id",
+             WHERE r.device_id = $1 ORDER BY w.id",
         )
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -622,7 +709,7 @@ impl Store {
     /// Drop a welcome for a device; `false` if it was not addressed to it.
     pub async fn delete_welcome(&self, welcome_id: i64, device_id: i64) -> StoreResult<bool> {
         let res =
-            sqlx::query("DELETE FROM welcome_recipients WHERE welcome_id = ? AND device_id = ?")
+            sqlx::query("DELETE FROM welcome_recipients WHERE welcome_id = $1 AND device_id = $2")
                 .bind(welcome_id)
                 .bind(device_id)
                 .execute(&self.pool)

@@ -20,7 +20,7 @@ impl Store {
             "SELECT DISTINCT u.id, u.email FROM room_members m
              JOIN devices d ON d.id = m.device_id
              JOIN users u ON u.id = d.user_id
-             WHERE m.room_id = ? AND m.left_at_seq IS NULL
+             WHERE m.room_id = $1 AND m.left_at_seq IS NULL
                AND u.email IS NOT NULL AND u.email <> '' AND u.role <> 'bot'
                AND (u.notify_results = 1 OR (u.notify_results IS NULL AND u.role = 'care_manager'))
              ORDER BY u.id",
@@ -38,17 +38,17 @@ impl Store {
 impl Store {
     /// (notify_results, role) of a user.
     pub async fn notice_pref(&self, user_id: i64) -> StoreResult<Option<(Option<bool>, String)>> {
-        let row: Option<(Option<bool>, String)> =
-            sqlx::query_as("SELECT notify_results, role FROM users WHERE id = ?")
+        let row: Option<(Option<i64>, String)> =
+            sqlx::query_as("SELECT notify_results, role FROM users WHERE id = $1")
                 .bind(user_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row)
+        Ok(row.map(|(n, role)| (n.map(|v| v != 0), role)))
     }
 
     pub async fn set_notice_pref(&self, user_id: i64, results: Option<bool>) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET notify_results = ? WHERE id = ?")
-            .bind(results)
+        sqlx::query("UPDATE users SET notify_results = $1 WHERE id = $2")
+            .bind(results.map(i64::from))
             .bind(user_id)
             .execute(&self.pool)
             .await?;

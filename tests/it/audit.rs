@@ -2,36 +2,19 @@
 //! `tonari audit verify` detects an edited, deleted or reordered entry.
 
 use super::common::*;
-use std::path::Path;
+use tonari::store::Database;
 use tonari_sdk::Event;
 
-fn verify_cli(db: &Path) -> (bool, String) {
+fn verify_cli(db: &Database) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
-        .args(["audit", "verify", "--database"])
-        .arg(db)
+        .args(["audit", "verify"])
+        .args(database_args(db))
         .output()
         .expect("run tonari audit verify");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
     )
-}
-
-/// A copy of the database (with its WAL) to tamper with.
-fn copy_db(from: &Path, to: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(to).expect("dir");
-    for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
-        let src = from.join(f);
-        if src.exists() {
-            std::fs::copy(&src, to.join(f)).expect("copy");
-        }
-    }
-    to.join("tonari.sqlite3")
-}
-
-fn tamper(db: &Path, sql: &str) {
-    let conn = rusqlite::Connection::open(db).expect("open copy");
-    conn.execute_batch(sql).expect("tamper");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,9 +42,8 @@ async fn security_events_are_chained_and_tampering_is_detected() {
     )
     .await;
     assert_eq!(status, 401);
-    let data_dir = server.data_dir.clone();
+    let db = server.database.clone();
     let entries = server.stop_and_read_audit().await;
-    let db = data_dir.join("tonari.sqlite3");
 
     // Intact: verifies, and holds the expected events with ids only.
     let (ok, out) = verify_cli(&db);
@@ -96,11 +78,12 @@ async fn security_events_are_chained_and_tampering_is_detected() {
     assert!(entries.len() >= 8);
 
     // Edited: the entry's hash no longer matches.
-    let edited = copy_db(&data_dir, &dir.path().join("edited"));
-    tamper(
+    let edited = copy_database(&db, &dir.path().join("edited")).await;
+    exec_sql(
         &edited,
         "UPDATE audit_log SET subject = 'user:999' WHERE seq = 3",
-    );
+    )
+    .await;
     let (ok, out) = verify_cli(&edited);
     assert!(
         !ok && out.contains("BROKEN at entry 3") && out.contains("changed"),
@@ -108,28 +91,32 @@ async fn security_events_are_chained_and_tampering_is_detected() {
     );
 
     // Deleted: the chain has a hole.
-    let deleted = copy_db(&data_dir, &dir.path().join("deleted"));
-    tamper(&deleted, "DELETE FROM audit_log WHERE seq = 4");
+    let deleted = copy_database(&db, &dir.path().join("deleted")).await;
+    exec_sql(&deleted, "DELETE FROM audit_log WHERE seq = 4").await;
     let (ok, out) = verify_cli(&deleted);
     assert!(!ok && out.contains("BROKEN at entry 4"), "{out}");
 
     // Deleted and renumbered: the link to the previous entry breaks.
-    let renumbered = copy_db(&data_dir, &dir.path().join("renumbered"));
-    tamper(
+    let renumbered = copy_database(&db, &dir.path().join("renumbered")).await;
+    exec_sql(
         &renumbered,
-        "DELETE FROM audit_log WHERE seq = 4; UPDATE audit_log SET seq = seq - 1 WHERE seq > 4;",
-    );
+        "DELETE FROM audit_log WHERE seq = 4;
+         UPDATE audit_log SET seq = -seq WHERE seq > 4;
+         UPDATE audit_log SET seq = -seq - 1 WHERE seq < 0;",
+    )
+    .await;
     let (ok, out) = verify_cli(&renumbered);
     assert!(!ok && out.contains("BROKEN at entry 4"), "{out}");
 
     // Reordered: entries 2 and 3 swap places.
-    let reordered = copy_db(&data_dir, &dir.path().join("reordered"));
-    tamper(
+    let reordered = copy_database(&db, &dir.path().join("reordered")).await;
+    exec_sql(
         &reordered,
         "UPDATE audit_log SET seq = -2 WHERE seq = 2;
          UPDATE audit_log SET seq = 2 WHERE seq = 3;
          UPDATE audit_log SET seq = 3 WHERE seq = -2;",
-    );
+    )
+    .await;
     let (ok, out) = verify_cli(&reordered);
     assert!(!ok && out.contains("BROKEN at entry 2"), "{out}");
 }

@@ -398,8 +398,9 @@ async fn hl7_results_over_mllp_reach_members_with_acks_notice_and_canary() {
     // Canary: the delivery database holds ciphertext only; the values live
     // in the bots' store, and patient names are stored nowhere.
     let data_dir = w.server.data_dir.clone();
+    let database = w.server.database.clone();
     w.server.stop().await;
-    let main_db = file_bytes(&data_dir.join("tonari.sqlite3"));
+    let main_db = database_bytes(&database);
     let bots_db = file_bytes(&data_dir.join("bots.sqlite3"));
     assert!(!main_db.is_empty() && !bots_db.is_empty());
     for canary in ["187.3", "再検予定", "クレアチニン", "2345-7", "mmol/L"] {
@@ -574,9 +575,10 @@ async fn fhir_results_are_idempotent_validated_held_and_summarised() {
     let seen = cards_until(&doc, &room2, |c| !labs_of(c).is_empty()).await;
     assert_eq!(labs_of(&seen)[0].patient_network_id, "P-3003");
     let data_dir = server.data_dir.clone();
+    let database = server.database.clone();
     server.stop().await;
     // Canary: values only in the bots' store; names nowhere.
-    let main_db = file_bytes(&data_dir.join("tonari.sqlite3"));
+    let main_db = database_bytes(&database);
     let bots_db = file_bytes(&data_dir.join("bots.sqlite3"));
     for canary in ["mmol/l", "HbA1c", "メトホルミン", "ペニシリン", "15074-8"] {
         assert!(!contains(&main_db, canary), "main database holds {canary}");
@@ -752,6 +754,13 @@ async fn bots_run_as_a_separate_process() {
     let mut bots = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
         .args(["bots", "--server", &server.url, "--poll-secs", "1"])
         .env("TONARI_DATA_DIR", &server.data_dir)
+        .env(
+            "TONARI_DATABASE_URL",
+            match &server.database {
+                tonari::store::Database::Postgres(u) => u.clone(),
+                tonari::store::Database::Sqlite(_) => String::new(),
+            },
+        )
         .env("TONARI_LOG_FILTER", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -76,6 +76,7 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
             format!("/v1/rooms/{room}"),
             "/v1/rooms".to_string(),
             "/v1/welcomes".to_string(),
+            "/metrics".to_string(),
         ] {
             let resp = reqwest::Client::new()
                 .get(format!("{url}{path}"))
@@ -92,18 +93,23 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
         }
     }
 
-    // Database files while running (WAL and shm included).
-    let mut seen_files = 0;
-    for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
-        if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
-            seen_files += 1;
-            assert!(
-                !contains(&bytes, canary.as_bytes()),
-                "{f} contains the canary"
-            );
-        }
-    }
-    assert!(seen_files >= 2, "database and WAL exist");
+    // The database while running (SQLite: the files incl. WAL and shm;
+    // PostgreSQL: a dump, where bytea shows as hex).
+    let db = database_for(&data_dir).await;
+    let hex_canary = hex::encode(canary.as_bytes());
+    let check_db = |when: &str| {
+        let bytes = database_bytes(&db);
+        assert!(bytes.len() > 1000, "the database has content");
+        assert!(
+            !contains(&bytes, canary.as_bytes()) && !contains(&bytes, hex_canary.as_bytes()),
+            "the database contains the canary ({when})"
+        );
+        assert!(
+            contains(&bytes, room.as_bytes()),
+            "the database holds the room ({when})"
+        );
+    };
+    check_db("running");
 
     // Graceful stop, then the files and the complete logs.
     let pid = server.child.id().expect("pid");
@@ -114,14 +120,7 @@ async fn plaintext_canary_never_reaches_server_disk_logs_or_responses() {
     assert!(status.success());
     let (exit, logs) = server.wait_output().await;
     assert!(exit.success(), "graceful exit: {exit}");
-    for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
-        if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
-            assert!(
-                !contains(&bytes, canary.as_bytes()),
-                "{f} contains the canary after stop"
-            );
-        }
-    }
+    check_db("after stop");
     assert!(
         contains(&logs, b"message accepted"),
         "trace logs were captured"

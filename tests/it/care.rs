@@ -71,6 +71,10 @@ pub async fn invite_and_join(
 pub async fn operator(server: &TestServer, root: &Path) -> Client {
     let config = tonari::Config {
         data_dir: server.data_dir.clone(),
+        database_url: match &server.database {
+            tonari::store::Database::Postgres(u) => u.clone(),
+            tonari::store::Database::Sqlite(_) => String::new(),
+        },
         ..tonari::Config::default()
     };
     let (org, code, _) =
@@ -226,13 +230,11 @@ async fn invitations_are_mailed_single_use_and_carry_no_patient_data() {
         .await
         .expect("a nurse invites a pharmacist colleague");
     let late = w.sink.next_mail().await.code();
-    let db = rusqlite::Connection::open(w.server.data_dir.join("tonari.sqlite3")).expect("db");
-    db.busy_timeout(WAIT).expect("busy timeout");
-    db.execute(
+    exec_sql(
+        &w.server.database,
         "UPDATE invitations SET expires_ms = 1 WHERE used_by IS NULL",
-        [],
     )
-    .expect("age invitations");
+    .await;
     let err = register_with_code(&w.server, "late", "Late", &late)
         .await
         .unwrap_err();
@@ -380,7 +382,7 @@ async fn invitations_are_mailed_single_use_and_carry_no_patient_data() {
 
     // The audit log: the console invitation and every invitation, no
     // addresses, and the chain is intact.
-    let db_path = w.server.data_dir.join("tonari.sqlite3");
+    let db_path = w.server.database.clone();
     let entries = w.server.stop_and_read_audit().await;
     let count = |ev: &str| entries.iter().filter(|e| e.event.event == ev).count();
     assert_eq!(count("org_created"), 2);

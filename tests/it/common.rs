@@ -13,12 +13,156 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// Upper bound for anything a test awaits; tests never sleep.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+// ---------------------------------------------------------------- database
+
+/// The integration tests run on SQLite, or on PostgreSQL when
+/// `TONARI_TEST_DATABASE=postgres` (127.0.0.1:5432, trust auth, user
+/// postgres): every server data directory then gets its own database.
+pub fn pg_tests() -> bool {
+    std::env::var("TONARI_TEST_DATABASE").as_deref() == Ok("postgres")
+}
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+async fn any_conn(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url)
+        .await
+        .expect("connect to the test database")
+}
+
+/// Run SQL as the PostgreSQL superuser on the `postgres` database.
+async fn pg_admin(sql: &str) {
+    let mut conn = any_conn(&format!("{PG_SERVER}/postgres")).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .expect("admin SQL");
+}
+
+/// The database of a server data directory: its SQLite file, or (with
+/// PostgreSQL) a database named after the directory, created if missing.
+pub async fn database_for(data_dir: &Path) -> tonari::store::Database {
+    if !pg_tests() {
+        return tonari::store::Database::Sqlite(data_dir.join("tonari.sqlite3"));
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(data_dir.to_string_lossy().as_bytes());
+    let name = format!("tonari_t_{}", &hex::encode(digest)[..24]);
+    let mut conn = any_conn(&format!("{PG_SERVER}/postgres")).await;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("look up database");
+    if exists.is_none() {
+        pg_admin(&format!("CREATE DATABASE {name}")).await;
+    }
+    tonari::store::Database::Postgres(format!("{PG_SERVER}/{name}"))
+}
+
+/// Run SQL directly on a server's database (tests that age rows or tamper).
+pub async fn exec_sql(db: &tonari::store::Database, sql: &str) {
+    let url = match db {
+        tonari::store::Database::Sqlite(p) => format!("sqlite://{}", p.display()),
+        tonari::store::Database::Postgres(u) => u.clone(),
+    };
+    let mut conn = any_conn(&url).await;
+    if !db.is_postgres() {
+        sqlx::raw_sql("PRAGMA busy_timeout = 60000")
+            .execute(&mut conn)
+            .await
+            .expect("busy timeout");
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .expect("test SQL");
+}
+
+/// One integer from a server's database.
+pub async fn query_i64(db: &tonari::store::Database, sql: &str) -> i64 {
+    let url = match db {
+        tonari::store::Database::Sqlite(p) => format!("sqlite://{}", p.display()),
+        tonari::store::Database::Postgres(u) => u.clone(),
+    };
+    let mut conn = any_conn(&url).await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .expect("test query")
+}
+
+/// A copy of a stopped server's database (to tamper with), for `to_dir`.
+pub async fn copy_database(db: &tonari::store::Database, to_dir: &Path) -> tonari::store::Database {
+    std::fs::create_dir_all(to_dir).expect("dir");
+    match db {
+        tonari::store::Database::Sqlite(p) => {
+            let from = p.parent().expect("data dir");
+            for f in ["tonari.sqlite3", "tonari.sqlite3-wal", "tonari.sqlite3-shm"] {
+                let src = from.join(f);
+                if src.exists() {
+                    std::fs::copy(&src, to_dir.join(f)).expect("copy");
+                }
+            }
+            tonari::store::Database::Sqlite(to_dir.join("tonari.sqlite3"))
+        }
+        tonari::store::Database::Postgres(url) => {
+            let original = url.rsplit('/').next().expect("db name").to_string();
+            let tonari::store::Database::Postgres(copy_url) = database_for(to_dir).await else {
+                unreachable!("PostgreSQL tests")
+            };
+            let copy = copy_url.rsplit('/').next().expect("db name").to_string();
+            pg_admin(&format!("DROP DATABASE IF EXISTS {copy}")).await;
+            pg_admin(&format!("CREATE DATABASE {copy} TEMPLATE {original}")).await;
+            tonari::store::Database::Postgres(copy_url)
+        }
+    }
+}
+
+/// Everything a database holds, as bytes: the SQLite files (main, WAL,
+/// shm), or a `pg_dump` of the PostgreSQL database (bytea as hex).
+pub fn database_bytes(db: &tonari::store::Database) -> Vec<u8> {
+    match db {
+        tonari::store::Database::Sqlite(p) => {
+            let mut out = Vec::new();
+            for suffix in ["", "-wal", "-shm"] {
+                let f = std::path::PathBuf::from(format!("{}{suffix}", p.display()));
+                if let Ok(bytes) = std::fs::read(f) {
+                    out.extend(bytes);
+                }
+            }
+            out
+        }
+        tonari::store::Database::Postgres(url) => {
+            let out = std::process::Command::new("pg_dump")
+                .args(["--data-only", url])
+                .output()
+                .expect("run pg_dump");
+            assert!(out.status.success(), "pg_dump failed");
+            out.stdout
+        }
+    }
+}
+
+/// The `--database`/`--database-url` arguments of `tonari audit verify`.
+pub fn database_args(db: &tonari::store::Database) -> Vec<String> {
+    match db {
+        tonari::store::Database::Sqlite(p) => {
+            vec!["--database".into(), p.display().to_string()]
+        }
+        tonari::store::Database::Postgres(u) => vec!["--database-url".into(), u.clone()],
+    }
+}
+
 pub struct TestServer {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     /// The MLLP listener, when `mllp_listen` is set.
     pub mllp: Option<SocketAddr>,
+    pub database: tonari::store::Database,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), tonari::AppError>>>,
 }
@@ -47,15 +191,20 @@ impl TestServer {
     /// A server with the production defaults (invitation-only registration,
     /// TOTP required for professionals), changed by `tweak`.
     pub async fn start_care(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = dir.join("server");
+        let database = database_for(&data_dir).await;
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.join("server"),
+            data_dir: data_dir.clone(),
+            database_url: match &database {
+                tonari::store::Database::Postgres(u) => u.clone(),
+                tonari::store::Database::Sqlite(_) => String::new(),
+            },
             // Tests about bots turn them on.
             bots_enabled: false,
             ..Config::default()
         };
         tweak(&mut config);
-        let data_dir = config.data_dir.clone();
         let bots = config.bots_enabled;
         let app = App::build(config).await.expect("server builds");
         let addr = app.local_addr();
@@ -77,6 +226,7 @@ impl TestServer {
             addr,
             data_dir,
             mllp,
+            database,
             stop: Some(tx),
             handle: Some(handle),
         }
@@ -84,9 +234,9 @@ impl TestServer {
 
     /// Stop, then read the audit log the server left on disk.
     pub async fn stop_and_read_audit(self) -> Vec<tonari::audit::AuditEntry> {
-        let db = self.data_dir.join("tonari.sqlite3");
+        let db = self.database.clone();
         self.stop().await;
-        let store = tonari::store::Store::open_sqlite_read_only(&db)
+        let store = tonari::store::Store::open_read_only(&db)
             .await
             .expect("open the database");
         let entries = store.audit_entries().await.expect("audit log");
@@ -257,8 +407,13 @@ impl ServerProcess {
         env: &[(&str, &str)],
     ) -> ServerProcess {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let database_url = match database_for(data_dir).await {
+            tonari::store::Database::Postgres(u) => u,
+            tonari::store::Database::Sqlite(_) => String::new(),
+        };
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tonari"))
             .arg("serve")
+            .env("TONARI_DATABASE_URL", database_url)
             .envs(env.iter().copied())
             .env("TONARI_LISTEN", listen)
             .env("TONARI_DATA_DIR", data_dir)

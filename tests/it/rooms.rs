@@ -156,7 +156,7 @@ async fn three_people_four_devices_talk_remove_and_add_device() {
         err.is_none(),
         "carol's sync still works (room marked removed)"
     );
-    let store = tonari::store::Store::open_sqlite(&server.data_dir.join("tonari.sqlite3"))
+    let store = tonari::store::Store::open_read_only(&server.database)
         .await
         .expect("open store read side");
     let raw_after = store

@@ -237,15 +237,14 @@ async fn an_idle_session_is_logged_out() {
     }
     // Time passes (simulated in the database, no sleeping): the phone was last
     // used two hours ago, the laptop thirty minutes ago.
-    let db = rusqlite::Connection::open(server.data_dir.join("tonari.sqlite3")).expect("open db");
-    db.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
     for (device, ago_ms) in [(z1.device_id(), 2 * 3_600_000), (z2.device_id(), 1_800_000)] {
-        db.execute(
-            "UPDATE sessions SET last_used_ms = last_used_ms - ?1 WHERE device_id = ?2",
-            rusqlite::params![ago_ms, device],
+        exec_sql(
+            &server.database,
+            &format!(
+                "UPDATE sessions SET last_used_ms = last_used_ms - {ago_ms} WHERE device_id = {device}"
+            ),
         )
-        .expect("age the session");
+        .await;
     }
     let (status, body) = raw(
         reqwest::Method::GET,
@@ -268,13 +267,14 @@ async fn an_idle_session_is_logged_out() {
     .await;
     assert_eq!(status, 200, "a session used within the idle time stays");
     // ... and that use counted: it is fresh again.
-    let fresh: i64 = db
-        .query_row(
-            "SELECT last_used_ms FROM sessions WHERE device_id = ?1",
-            [z2.device_id()],
-            |r| r.get(0),
-        )
-        .expect("session row");
+    let fresh = query_i64(
+        &server.database,
+        &format!(
+            "SELECT last_used_ms FROM sessions WHERE device_id = {}",
+            z2.device_id()
+        ),
+    )
+    .await;
     assert!(tonari::accounts::now_ms() - fresh < 60_000);
     server.stop().await;
 }

@@ -16,8 +16,15 @@ pub const SIG_SCHEME: SignatureScheme = SignatureScheme::ED25519;
 /// How many past epochs' secrets are kept (late application messages).
 pub const MAX_PAST_EPOCHS: usize = 5;
 
+/// How far behind the newest generation of a sender a message may arrive
+/// and still decrypt. One device may have many sends in flight (pipelined
+/// WebSocket sends, retries after a reconnect), and the server stores them in
+/// arrival order, so the window must exceed the in-flight depth (256 per
+/// connection); the cost is at most this many skipped keys per sender.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 300;
+
 fn ratchet_config() -> SenderRatchetConfiguration {
-    SenderRatchetConfiguration::new(20, 1000)
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, 1000)
 }
 
 /// Leaf capabilities of every Tonari device: the defaults plus the room

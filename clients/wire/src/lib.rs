@@ -73,6 +73,10 @@ pub mod paths {
     pub const HEALTH: &str = "/health";
     /// GET → [`crate::NoticePrefs`]; POST [`crate::NoticePrefs`] → [`crate::NoticePrefs`]: e-mail notices.
     pub const NOTICES: &str = "/v1/me/notices";
+    /// GET → 200 `{"status":"ready",…}` when the database answers, else 503.
+    pub const READY: &str = "/ready";
+    /// GET → Prometheus metrics (text format), when `metrics_enabled`.
+    pub const METRICS: &str = "/metrics";
 
     /// Fill `{name}` placeholders of a path template.
     pub fn fill(template: &str, args: &[(&str, &str)]) -> String {
