@@ -57,37 +57,56 @@ pub async fn ensure_accounts(store: &Store, bots: &BotStore) -> Result<(), Strin
     Err(last)
 }
 
+async fn hash_password(password: String) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::PasswordHasher as _;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 async fn ensure_accounts_once(store: &Store, bots: &BotStore) -> Result<(), String> {
     for name in BOTS {
-        let password = match bots.bot_password(name).await.map_err(|e| e.to_string())? {
-            Some(p) => p,
-            None => {
-                let mut raw = [0u8; 24];
-                rand::rng().fill_bytes(&mut raw);
-                let p = hex::encode(raw);
-                bots.save_bot_password(name, &p, crate::accounts::now_ms())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                p
-            }
-        };
-        if store
+        let (password, new_password) =
+            match bots.bot_password(name).await.map_err(|e| e.to_string())? {
+                Some(p) => (p, false),
+                None => {
+                    let mut raw = [0u8; 24];
+                    rand::rng().fill_bytes(&mut raw);
+                    let p = hex::encode(raw);
+                    bots.save_bot_password(name, &p, crate::accounts::now_ms())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (p, true)
+                }
+            };
+        let exists = store
             .user_by_name(name)
             .await
             .map_err(|e| e.to_string())?
-            .is_some()
-        {
+            .is_some();
+        if exists {
+            if new_password {
+                // The account outlived the bots' store (a fresh data_dir next
+                // to a kept database): give it the new password. The bot
+                // comes back as a new device and must be added to rooms again.
+                let hash = hash_password(password).await?;
+                store
+                    .reset_bot_password(name, &hash)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::warn!(
+                    bot = name,
+                    "bot credentials were lost: password reset, add the bot to its rooms again"
+                );
+            }
             continue;
         }
-        let hash = tokio::task::spawn_blocking(move || {
-            use argon2::password_hash::PasswordHasher as _;
-            argon2::Argon2::default()
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let hash = hash_password(password).await?;
         let display = if name == LAB_BOT {
             "Lab results bot"
         } else {

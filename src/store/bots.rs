@@ -203,3 +203,22 @@ impl BotStore {
             .await
     }
 }
+
+impl super::Store {
+    /// Give a bot account a new password (its credentials in the bots'
+    /// store were lost, e.g. a fresh `data_dir` next to a kept database).
+    /// Only accounts of role `bot` are touched. Returns whether one was.
+    pub async fn reset_bot_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> super::StoreResult<bool> {
+        let res =
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2 AND role = 'bot'")
+                .bind(password_hash)
+                .bind(username)
+                .execute(&self.pool)
+                .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}

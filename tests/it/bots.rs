@@ -106,18 +106,19 @@ fn diagnostics(v: &Value) -> String {
 /// (the bots log in while the server starts).
 pub async fn add_bot(client: &Client, room: &str, bot: &str) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tokio::time::timeout(WAIT, async {
+    let mut last = String::new();
+    let done = tokio::time::timeout(WAIT, async {
         loop {
             tick.tick().await;
             match client.invite(room, bot).await {
                 Ok(_) => return,
                 Err(e) if e.to_string().contains("already in the room") => return,
-                Err(_) => continue,
+                Err(e) => last = e.to_string(),
             }
         }
     })
-    .await
-    .expect("the bot could be added");
+    .await;
+    assert!(done.is_ok(), "the bot could not be added: {last}");
 }
 
 /// Cards in the local history of a room (none before the device joined it).
@@ -874,4 +875,46 @@ async fn demo_command_sets_up_a_room_with_cards() {
         .expect("the demo stops in time")
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The bots' store and device state lost (a fresh data_dir next to a kept
+/// database): the server resets the bot accounts' passwords, the bots log in
+/// again as new devices and work once added to the room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_recover_from_a_lost_bots_store() {
+    let dir = tmp();
+    let root = dir.path();
+    let server = TestServer::start_with(root, ingest_config).await;
+    register(&server, "doc").await;
+    let doc = login(&server, root, "doc", "phone").await;
+    let room = doc
+        .create_room_with(&RoomSettings::care_room(Some("P-2001".into())))
+        .await
+        .expect("room");
+    add_bot(&doc, &room, "lab-bot").await;
+    let data_dir = server.data_dir.clone();
+    let addr = server.addr;
+    server.stop().await;
+    for f in ["bots.sqlite3", "bots.sqlite3-wal", "bots.sqlite3-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    std::fs::remove_dir_all(data_dir.join("bots")).expect("remove the bots' devices");
+
+    // start_with waits until both bots are logged in again.
+    let server = TestServer::start_with(root, |c| {
+        ingest_config(c);
+        c.listen = addr;
+    })
+    .await;
+    add_bot(&doc, &room, "lab-bot").await;
+    let (status, _) = post_fhir(
+        &server,
+        Some(KEY),
+        &fixture("fhir/observation-glucose.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = cards_until(&doc, &room, |c| !labs_of(c).is_empty()).await;
+    assert_eq!(labs_of(&seen)[0].results[0].value, "6.3");
+    server.stop().await;
 }
