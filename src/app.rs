@@ -24,6 +24,8 @@ pub struct AppState {
     pub delivery: DeliveryService,
     pub care: crate::care::CareService,
     pub hub: Arc<Hub>,
+    /// Push to and from other server processes (NATS), if configured.
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub store: Store,
     /// Clinical ingestion (FHIR, MLLP) into the bots' own store.
     pub ingest: Arc<crate::ingest::Ingestor>,
@@ -74,6 +76,27 @@ impl App {
         let store = Store::open(&database).await?;
         let hub = Arc::new(Hub::new(config.room_broadcast_capacity, 64));
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let cluster = if config.nats_url.trim().is_empty() {
+            crate::cluster::Cluster::single(metrics.clone())
+        } else {
+            if !database.is_postgres() {
+                return Err(AppError::Startup(
+                    "nats_url is for several servers sharing one PostgreSQL database; set database_url to postgres://… (or leave nats_url empty)".into(),
+                ));
+            }
+            crate::cluster::Cluster::connect(
+                config.nats_url.trim(),
+                hub.clone(),
+                metrics.clone(),
+                &tasks,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(AppError::Startup)?
+        };
+        let cluster = Arc::new(cluster);
         let (writer, writer_task) = crate::store::writer::spawn(
             &store,
             config.write_queue,
@@ -92,6 +115,7 @@ impl App {
             writer,
             config.room_cache_max,
             metrics.clone(),
+            cluster.clone(),
         );
         let listener = TcpListener::bind(config.listen)
             .await
@@ -140,10 +164,11 @@ impl App {
             delivery,
             care,
             hub,
+            cluster,
             store,
             ingest,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
         });
         Ok(App {
             listener,

@@ -26,6 +26,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database: empty for SQLite in `data_dir`, or a `postgres://` URL.
     pub database_url: String,
+    /// NATS server(s) for live push between server processes sharing one
+    /// PostgreSQL database (`nats://host:4222`); empty for a single process.
+    pub nats_url: String,
     /// Largest HTTP request body accepted, in bytes (JSON, MLS bytes in base64).
     pub max_body_bytes: usize,
     /// Largest WebSocket message accepted from a client, in bytes.
@@ -106,6 +109,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             data_dir: PathBuf::from("tonari-data"),
             database_url: String::new(),
+            nats_url: String::new(),
             max_body_bytes: 24 * 1024 * 1024,
             ws_max_message_bytes: 16 * 1024 * 1024,
             ws_max_frame_bytes: 16 * 1024 * 1024,
@@ -210,6 +214,7 @@ impl Config {
             }
             "data_dir" => self.data_dir = PathBuf::from(value),
             "database_url" => self.database_url = value.to_string(),
+            "nats_url" => self.nats_url = value.to_string(),
             "max_body_bytes" => self.max_body_bytes = num(value)?,
             "ws_max_message_bytes" => self.ws_max_message_bytes = num(value)?,
             "ws_max_frame_bytes" => self.ws_max_frame_bytes = num(value)?,
@@ -308,6 +313,10 @@ data_dir = "{data_dir}"
 # The database: empty for SQLite in data_dir, or a PostgreSQL URL such as
 # "postgres://tonari@127.0.0.1:5432/tonari" (several servers may share one).
 database_url = ""
+# NATS for live push between several servers sharing one PostgreSQL database,
+# e.g. "nats://127.0.0.1:4222". Empty: one server process. If NATS is down,
+# nothing is lost: clients catch up from the database (push resumes by itself).
+nats_url = ""
 # Largest HTTP request body accepted, in bytes (JSON with base64 MLS bytes).
 max_body_bytes = {max_body}
 # Largest WebSocket message and frame accepted from a client, in bytes.

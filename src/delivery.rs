@@ -114,6 +114,7 @@ pub struct DeliveryService {
     room_cache_max: usize,
     inflight: Arc<Mutex<HashMap<InFlightKey, InFlight>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    cluster: Arc<crate::cluster::Cluster>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -168,6 +169,18 @@ pub struct Pending {
     duplicate: bool,
     /// Time spent validating (under the room lock).
     pub validated: Duration,
+    /// PostgreSQL shared by several processes: what to validate again if
+    /// another process took this seq first.
+    retry: Option<Box<(AuthDevice, String, SubmitRequest)>>,
+}
+
+/// How often a message is validated again after losing a seq race against
+/// another server process.
+const SEQ_RACE_RETRIES: usize = 8;
+
+/// The writer's error when another process took the seq first.
+fn is_seq_race(e: &str) -> bool {
+    e.contains("room seq moved")
 }
 
 impl Pending {
@@ -176,6 +189,7 @@ impl Pending {
             state: PendingState::Done(ack),
             duplicate: true,
             validated: started.elapsed(),
+            retry: None,
         }
     }
 
@@ -188,35 +202,67 @@ impl Pending {
             state: PendingState::Waiting(rx),
             duplicate,
             validated: started.elapsed(),
+            retry: None,
         }
     }
 
-    /// Wait until the message is durable; the ack.
-    pub async fn durable(self) -> Result<Ack> {
+    /// Wait until the message is durable; the ack. If another server
+    /// process sharing the database took the seq first, the message is
+    /// validated again against the room as it is now (an application message
+    /// then gets a later seq, a commit for a past epoch `epoch_conflict`).
+    pub async fn durable(self, delivery: &DeliveryService) -> Result<Ack> {
+        let mut pending = self;
+        let mut races = 0;
+        loop {
+            let retry = pending.retry.take();
+            match pending.wait().await {
+                Outcome::Ack(ack) => return Ok(ack),
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Race(e) => match retry {
+                    Some(r) if races < SEQ_RACE_RETRIES => {
+                        races += 1;
+                        let (auth, room_id, req) = *r;
+                        pending = delivery.enqueue(auth, &room_id, req).await?;
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    async fn wait(self) -> Outcome {
         let mut ack = match self.state {
             PendingState::Done(ack) => ack,
             PendingState::Waiting(mut rx) => {
-                let outcome = rx
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| Error::internal("the writer dropped a message"))?
-                    .clone();
+                let outcome = match rx.wait_for(Option::is_some).await {
+                    Ok(o) => o.clone(),
+                    Err(_) => {
+                        return Outcome::Failed(Error::internal("the writer dropped a message"));
+                    }
+                };
                 match outcome {
                     Some(Ok(ack)) => ack,
-                    Some(Err(e)) if e.contains("room seq moved") => {
-                        return Err(Error::new(
+                    Some(Err(e)) if is_seq_race(&e) => {
+                        return Outcome::Race(Error::new(
                             ErrorCode::Unavailable,
                             "the room changed on another server meanwhile; retry with the same txn_id",
                         ));
                     }
-                    Some(Err(e)) => return Err(Error::internal(e)),
-                    None => return Err(Error::internal("no outcome")),
+                    Some(Err(e)) => return Outcome::Failed(Error::internal(e)),
+                    None => return Outcome::Failed(Error::internal("no outcome")),
                 }
             }
         };
         ack.duplicate = self.duplicate;
-        Ok(ack)
+        Outcome::Ack(ack)
     }
+}
+
+enum Outcome {
+    Ack(Ack),
+    /// Another server process took the seq first.
+    Race(Error),
+    Failed(Error),
 }
 
 /// What a validated message changes, before it is made durable.
@@ -310,8 +356,10 @@ impl DeliveryService {
         writer: Writer,
         room_cache_max: usize,
         metrics: Arc<crate::metrics::Metrics>,
+        cluster: Arc<crate::cluster::Cluster>,
     ) -> Self {
         DeliveryService {
+            cluster,
             store,
             hub,
             writer,
@@ -559,7 +607,7 @@ impl DeliveryService {
 
     /// Accept one MLS message for a room. Returns the ack once durable.
     pub async fn submit(&self, auth: AuthDevice, room_id: &str, req: SubmitRequest) -> Result<Ack> {
-        self.enqueue(auth, room_id, req).await?.durable().await
+        self.enqueue(auth, room_id, req).await?.durable(self).await
     }
 
     /// Validate a message and queue it for the group-commit writer. Messages
@@ -591,6 +639,11 @@ impl DeliveryService {
             ));
         }
         let started = Instant::now();
+        let retry = self
+            .store
+            .database()
+            .is_postgres()
+            .then(|| Box::new((auth, room_id.to_string(), req.clone())));
         let key = (room_id.to_string(), auth.device_id, req.txn_id.clone());
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
@@ -738,6 +791,7 @@ impl DeliveryService {
             state: PendingState::Waiting(result_rx),
             duplicate: false,
             validated,
+            retry,
         })
     }
 
@@ -754,6 +808,7 @@ impl DeliveryService {
     ) -> Completion {
         let hub = self.hub.clone();
         let metrics = self.metrics.clone();
+        let cluster = self.cluster.clone();
         let inflight = self.inflight.clone();
         let removed = append.removed_devices.clone();
         let welcome = append
@@ -764,6 +819,7 @@ impl DeliveryService {
         Box::new(move |outcome| {
             match outcome {
                 Ok(durable) => {
+                    cluster.publish_room(&ack.room_id, ack.seq, &frame, &removed);
                     hub.publish(
                         &ack.room_id,
                         Delivery {
@@ -784,6 +840,7 @@ impl DeliveryService {
                         });
                         if let Ok(frame) = frame {
                             for d in devices {
+                                cluster.notify_device(d, &frame);
                                 hub.notify_device(d, frame.clone());
                             }
                         }

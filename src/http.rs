@@ -298,6 +298,7 @@ async fn claim_key_packages(
     let (claimed, low) = s.accounts.claim_key_packages(&username).await?;
     for (device_id, available) in low {
         let frame = crate::delivery::frame_text(&ServerFrame::KeyPackagesLow { available })?;
+        s.cluster.notify_device(device_id, &frame);
         s.hub.notify_device(device_id, frame);
     }
     Ok(Json(claimed))
@@ -340,7 +341,7 @@ async fn submit(
     let started = std::time::Instant::now();
     let pending = s.delivery.enqueue(auth, &room_id, req).await?;
     let validated = pending.validated;
-    let ack = pending.durable().await?;
+    let ack = pending.durable(&s.delivery).await?;
     // Server-Timing (W3C): where the time went, in milliseconds.
     let timing = format!(
         "validate;dur={:.3}, total;dur={:.3}",
@@ -517,6 +518,9 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
         "database": database,
         "shutting_down": s.shutdown.is_cancelled(),
+        // NATS down does not make the node unready: clients still get
+        // everything through catch-up; only live push between nodes pauses.
+        "nats": s.cluster.status(),
     });
     (status, Json(body)).into_response()
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod bots;
 pub mod care;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod demo;

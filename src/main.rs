@@ -113,6 +113,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => match toml::to_string_pretty(&Config {
             // Never print a database password.
             database_url: tonari::store::redact_url(&config.database_url),
+            nats_url: tonari::store::redact_url(&config.nats_url),
             ..config
         }) {
             Ok(text) => {

@@ -224,7 +224,7 @@ async fn connection(socket: WebSocket, s: Arc<AppState>, auth: AuthDevice) {
                 }
             }
             Some((room_id, txn_id, outcome)) = next_validated(&mut sender) => {
-                acks.push_back(ack_frame(room_id, txn_id, outcome));
+                acks.push_back(ack_frame(s.clone(), room_id, txn_id, outcome));
             }
             Some(done) = acks.next(), if !acks.is_empty() => {
                 sends_in_flight = sends_in_flight.saturating_sub(1);
@@ -324,13 +324,21 @@ async fn validate_sends(
 }
 
 /// The frame that answers a send, once it is durable (or refused).
-fn ack_frame(room_id: String, txn_id: String, outcome: Result<Pending, Error>) -> AckFuture {
+fn ack_frame(
+    s: Arc<AppState>,
+    room_id: String,
+    txn_id: String,
+    outcome: Result<Pending, Error>,
+) -> AckFuture {
     Box::pin(async move {
         let frame = match outcome {
-            Ok(pending) => pending.durable().await.map(|ack| ServerFrame::Ack {
-                txn_id: txn_id.clone(),
-                ack,
-            }),
+            Ok(pending) => pending
+                .durable(&s.delivery)
+                .await
+                .map(|ack| ServerFrame::Ack {
+                    txn_id: txn_id.clone(),
+                    ack,
+                }),
             Err(e) => Err(e),
         }
         .unwrap_or_else(|e| {

@@ -91,6 +91,21 @@ struct Args {
     /// exists, so client-side setup is fast; it is not measured).
     #[arg(long)]
     client_parent: Option<PathBuf>,
+    /// Server processes for (a)-(c). More than one runs them on one
+    /// PostgreSQL database with NATS push between them; receivers and
+    /// senders are spread over the nodes (member i on node i mod N).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Run (a)-(c) on PostgreSQL even with one node (a fresh database each).
+    #[arg(long)]
+    postgres: bool,
+    /// PostgreSQL server for --postgres / --nodes (a database is created and
+    /// dropped per scenario with psql).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg_server: String,
+    /// NATS for --nodes > 1.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 /// One line of the result table.
@@ -220,9 +235,30 @@ struct Ctx {
 
 impl Ctx {
     async fn start_server(&self, data_dir: &Path) -> Result<Server> {
-        let s = Server::start(&self.bin, self.args.server_cpus.as_deref(), data_dir).await?;
+        self.start_server_with(data_dir, &[]).await
+    }
+
+    async fn start_server_with(&self, data_dir: &Path, env: &[(String, String)]) -> Result<Server> {
+        let s = Server::start(&self.bin, self.args.server_cpus.as_deref(), data_dir, env).await?;
         eprintln!("  server pid {} at {}", s.pid(), s.url);
         Ok(s)
+    }
+
+    fn on_postgres(&self) -> bool {
+        self.args.postgres || self.args.nodes > 1
+    }
+
+    /// psql against the PostgreSQL server's `postgres` database.
+    fn psql(&self, sql: &str) -> Result<()> {
+        let status = std::process::Command::new("psql")
+            .arg(format!("{}/postgres", self.args.pg_server))
+            .args(["-q", "-c", sql])
+            .status()
+            .context("running psql")?;
+        if !status.success() {
+            bail!("psql failed: {sql}");
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> Result<tempfile::TempDir> {
@@ -254,12 +290,36 @@ async fn traffic_row(
     // Setup, then a restart: the timed phase starts from a checkpointed
     // database (its size is the baseline for disk bytes per message) and a
     // server process that has done nothing but start.
-    let server = ctx.start_server(data.path()).await?;
+    let db_name = format!(
+        "tonari_bench_{}_{}",
+        std::process::id(),
+        label.len() + senders
+    );
+    let mut env = Vec::new();
+    if ctx.on_postgres() {
+        ctx.psql(&format!("DROP DATABASE IF EXISTS {db_name}"))?;
+        ctx.psql(&format!("CREATE DATABASE {db_name}"))?;
+        env.push((
+            "TONARI_DATABASE_URL".to_string(),
+            format!("{}/{db_name}", a.pg_server),
+        ));
+        if a.nodes > 1 {
+            env.push(("TONARI_NATS_URL".to_string(), a.nats_url.clone()));
+        }
+    }
+    let server = ctx.start_server_with(data.path(), &env).await?;
     let prepared = setup::room_with_members(&server.url, clients.path(), "m", a.members).await;
     server.stop().await?;
     let (room, members) = prepared?;
     let baseline = server::dir_bytes(data.path())?;
-    let server = ctx.start_server(data.path()).await?;
+    let mut servers = vec![ctx.start_server_with(data.path(), &env).await?];
+    let mut extra_dirs = Vec::new();
+    for _ in 1..a.nodes.max(1) {
+        let d = ctx.data_dir()?;
+        servers.push(ctx.start_server_with(d.path(), &env).await?);
+        extra_dirs.push(d);
+    }
+    let server = &servers[0];
     let res = async {
         let transport = match a.send_via {
             SendVia::Http => Transport::Http,
@@ -281,11 +341,17 @@ async fn traffic_row(
             plaintext_bytes: a.message_bytes,
             transport,
         };
-        let out = traffic::run(&server, &room, &members, &spec).await?;
+        let out = traffic::run(&servers, &room, &members, &spec).await?;
         Ok::<_, anyhow::Error>((out, transport))
     }
     .await;
-    server.stop().await?;
+    for s in servers {
+        s.stop().await?;
+    }
+    if ctx.on_postgres() {
+        ctx.psql(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))?;
+    }
+    drop(extra_dirs);
     let (out, transport) = res?;
     let final_bytes = server::dir_bytes(data.path())?;
     drop(members);
@@ -323,6 +389,14 @@ async fn traffic_row(
     for (code, n) in &out.errors {
         notes.push(format!("{n} x {code}"));
     }
+    if ctx.on_postgres() {
+        notes.push(format!(
+            "PostgreSQL, {} node{}{}",
+            a.nodes.max(1),
+            if a.nodes > 1 { "s" } else { "" },
+            if a.nodes > 1 { " + NATS" } else { "" }
+        ));
+    }
     let row = Row {
         scenario: label.to_string(),
         rooms_members: format!("1 x {}", a.members),
@@ -340,7 +414,9 @@ async fn traffic_row(
             "-".into()
         },
         rss_mib: mib(out.after.rss_kib),
-        disk_per_msg: if out.acked > 0 {
+        disk_per_msg: if ctx.on_postgres() {
+            "-".into()
+        } else if out.acked > 0 {
             format!(
                 "{:.0}",
                 final_bytes.saturating_sub(baseline) as f64 / out.acked as f64

@@ -34,7 +34,12 @@ impl Server {
     /// and wait for its listening line.
     /// With `cpus`, the server runs under `taskset -c CPUS` (same pid: taskset
     /// execs the server).
-    pub async fn start(bin: &Path, cpus: Option<&str>, data_dir: &Path) -> Result<Server> {
+    pub async fn start(
+        bin: &Path,
+        cpus: Option<&str>,
+        data_dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Server> {
         let mut command = match cpus {
             Some(list) => {
                 let mut c = Command::new("taskset");
@@ -53,6 +58,7 @@ impl Server {
             .env("TONARI_TOTP_REQUIRED_ROLES", "")
             // The bench logs in many devices from 127.0.0.1.
             .env("TONARI_LOGIN_MAX_ATTEMPTS_PER_IP", "1000000")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -112,7 +112,28 @@ async fn encrypt_all(members: &[Member], room: &str, spec: &Spec) -> Result<Vec<
     Ok(out)
 }
 
-pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -> Result<Outcome> {
+/// Receivers and senders are spread over `servers` (member `i` on
+/// `servers[i % n]`); resource use is the sum over all of them.
+pub async fn run(
+    servers: &[Server],
+    room: &str,
+    members: &[Member],
+    spec: &Spec,
+) -> Result<Outcome> {
+    let server = &servers[0];
+    let node = |i: usize| &servers[i % servers.len()];
+    let usage = || -> Result<Usage> {
+        let mut total = Usage {
+            cpu_ticks: 0,
+            rss_kib: 0,
+        };
+        for s in servers {
+            let u = s.usage()?;
+            total.cpu_ticks += u.cpu_ticks;
+            total.rss_kib += u.rss_kib;
+        }
+        Ok(total)
+    };
     if spec.senders == 0 || spec.senders > members.len() {
         bail!("{} senders for {} members", spec.senders, members.len());
     }
@@ -138,7 +159,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
     let mut receivers = Vec::new();
     let mut lasts = Vec::new();
     for (i, m) in members.iter().enumerate() {
-        let mut conn = ws::connect(server.addr(), &m.token, false).await?;
+        let mut conn = ws::connect(node(i).addr(), &m.token, false).await?;
         conn.send(Message::text(ws::resume_text(room, start_seq)?))
             .await?;
         ws::ping_pong(&mut conn, i as u64)
@@ -147,7 +168,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
         let last = Arc::new(AtomicU64::new(start_seq));
         lasts.push(last.clone());
         receivers.push(tokio::spawn(receive(
-            server.addr().to_string(),
+            node(i).addr().to_string(),
             m.token.clone(),
             room.to_string(),
             conn,
@@ -173,7 +194,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
                     .zip(&txns)
                     .map(|(ct, t)| ws::send_text(room, t, ct).map(Message::text))
                     .collect::<Result<Vec<_>>>()?;
-                let conn = ws::connect(server.addr(), &members[s].token, false).await?;
+                let conn = ws::connect(node(s).addr(), &members[s].token, false).await?;
                 Plan::Ws {
                     conn: Box::new(conn),
                     frames,
@@ -198,7 +219,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
                     http,
                     url: format!(
                         "{}{}",
-                        server.url,
+                        node(s).url,
                         paths::fill(paths::ROOM_MESSAGES, &[("room_id", room)])
                     ),
                     token: members[s].token.clone(),
@@ -209,7 +230,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
         plans.push(plan);
     }
 
-    let before = server.usage()?;
+    let before = usage()?;
     let own_before = crate::server::cpu_ticks(std::process::id())?;
     let t0 = Instant::now() + Duration::from_millis(50);
     for (s, plan) in plans.into_iter().enumerate() {
@@ -265,7 +286,7 @@ pub async fn run(server: &Server, room: &str, members: &[Member], spec: &Spec) -
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let after = server.usage()?;
+    let after = usage()?;
     let own_ticks = crate::server::cpu_ticks(std::process::id())?.saturating_sub(own_before);
     let _ = stop_tx.send(true);
 
