@@ -139,12 +139,14 @@ impl App {
                 .await
                 .map_err(AppError::Startup)?;
         }
-        let ingest = Arc::new(crate::ingest::Ingestor::new(
+        let mut ingestor = crate::ingest::Ingestor::new(
             bots_store,
             keys,
             config.network_id_system.clone(),
             config.network_id_authority.clone(),
-        ));
+        );
+        ingestor.metrics = Some(metrics.clone());
+        let ingest = Arc::new(ingestor);
         let (mllp, mllp_addr) = if config.mllp_listen.trim().is_empty() {
             (None, None)
         } else {

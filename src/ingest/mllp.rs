@@ -78,6 +78,7 @@ async fn connection(
                 crate::accounts::now_ms(),
             );
             tracing::info!(control_id = %h.control_id, "HL7 frame too large: AR");
+            ing.count("hl7", "AR");
             stream.write_all(&wrap(ack.as_bytes())).await?;
             return Ok(());
         }
@@ -122,8 +123,23 @@ pub fn wrap(msg: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Process one message; the ACK to send back.
+/// Process one message; the ACK to send back (and counted by its code).
 pub async fn handle_frame(ing: &Ingestor, frame: &[u8]) -> String {
+    let ack = answer(ing, frame).await;
+    let outcome = if ack.contains("|duplicate, already accepted") {
+        "duplicate"
+    } else if ack.contains("\rMSA|AA|") {
+        "stored"
+    } else if ack.contains("\rMSA|AE|") {
+        "AE"
+    } else {
+        "AR"
+    };
+    ing.count("hl7", outcome);
+    ack
+}
+
+async fn answer(ing: &Ingestor, frame: &[u8]) -> String {
     let now = crate::accounts::now_ms();
     let Ok(text) = std::str::from_utf8(frame) else {
         let h = hl7::header(&String::from_utf8_lossy(frame));

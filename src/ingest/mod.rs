@@ -87,6 +87,8 @@ pub struct Ingestor {
     pub wake: Arc<Notify>,
     pub network_id_system: String,
     pub network_id_authority: String,
+    /// Counters by protocol and outcome (none in `tonari bots`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Ingestor {
@@ -102,6 +104,14 @@ impl Ingestor {
             wake: Arc::new(Notify::new()),
             network_id_system,
             network_id_authority,
+            metrics: None,
+        }
+    }
+
+    /// Count one request or message.
+    pub fn count(&self, protocol: &str, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.ingest(protocol, outcome);
         }
     }
 
@@ -190,11 +200,13 @@ async fn fhir_ingest(
 ) -> Response {
     let ing = &s.ingest;
     let Some(source) = authenticate(ing, headers) else {
+        ing.count("fhir", "401");
         return unauthorized();
     };
     let root: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
+            ing.count("fhir", "400");
             return fhir_response(
                 StatusCode::BAD_REQUEST,
                 fhir::outcome("error", "structure", "the body is not JSON"),
@@ -204,6 +216,7 @@ async fn fhir_ingest(
     if let Some(t) = expected
         && root.get("resourceType").and_then(Value::as_str) != Some(t)
     {
+        ing.count("fhir", "422");
         return fhir_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             fhir::outcome(
@@ -216,6 +229,7 @@ async fn fhir_ingest(
     let items = match fhir::items(&root, &ing.network_id_system, source) {
         Ok(i) => i,
         Err(e) => {
+            ing.count("fhir", "422");
             tracing::info!(source, code = e.code, "FHIR input refused");
             return fhir_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -224,18 +238,29 @@ async fn fhir_ingest(
         }
     };
     match ing.store(source, &items).await {
-        Ok(stored) => fhir_response(
-            StatusCode::OK,
-            json!({
-                "resourceType": "OperationOutcome",
-                "issue": [{
-                    "severity": "information",
-                    "code": "informational",
-                    "diagnostics": format!("stored {}, duplicates {}", stored.inserted.len(), stored.duplicates)
-                }]
-            }),
-        ),
+        Ok(stored) => {
+            ing.count(
+                "fhir",
+                if stored.inserted.is_empty() && stored.duplicates > 0 {
+                    "duplicate"
+                } else {
+                    "stored"
+                },
+            );
+            fhir_response(
+                StatusCode::OK,
+                json!({
+                    "resourceType": "OperationOutcome",
+                    "issue": [{
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": format!("stored {}, duplicates {}", stored.inserted.len(), stored.duplicates)
+                    }]
+                }),
+            )
+        }
         Err(e) => {
+            ing.count("fhir", "503");
             tracing::error!(error = %e, "bots store failed");
             fhir_response(
                 StatusCode::SERVICE_UNAVAILABLE,

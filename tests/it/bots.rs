@@ -738,6 +738,21 @@ async fn random_and_truncated_input_is_refused_without_panic_or_storage() {
     )
     .await;
     assert_eq!(status, 200);
+    // Metrics count by protocol and outcome, nothing else.
+    let metrics = reqwest::get(format!("{}{}", server.url, tonari_wire::paths::METRICS))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        r#"tonari_ingest_total{protocol="hl7",outcome="AR"}"#,
+        r#"tonari_ingest_total{protocol="fhir",outcome="400"}"#,
+        r#"tonari_ingest_total{protocol="fhir",outcome="422"}"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("血糖") && !metrics.contains("P-778899"));
     server.stop().await;
 }
 
