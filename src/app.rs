@@ -27,6 +27,8 @@ pub struct AppState {
     /// Push to and from other server processes (NATS), if configured.
     pub cluster: Arc<crate::cluster::Cluster>,
     pub store: Store,
+    /// Clinical ingestion (FHIR, MLLP) into the bots' own store.
+    pub ingest: Arc<crate::ingest::Ingestor>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Every long-lived task (WebSocket connections) is tracked here.
@@ -59,6 +61,9 @@ pub struct App {
     local_addr: SocketAddr,
     writer: crate::store::writer::Writer,
     writer_task: tokio::task::JoinHandle<()>,
+    mllp: Option<TcpListener>,
+    mllp_addr: Option<SocketAddr>,
+    bots_ready: tokio::sync::watch::Sender<usize>,
 }
 
 impl App {
@@ -119,6 +124,41 @@ impl App {
                 source,
             })?;
         let local_addr = listener.local_addr().map_err(AppError::Serve)?;
+        let bots_store = crate::store::bots::BotStore::open(&config.bots_database_path())
+            .await
+            .map_err(|e| AppError::Startup(format!("cannot open the bots' database: {e}")))?;
+        let keys = crate::ingest::parse_keys(&config.ingest_api_keys).map_err(AppError::Startup)?;
+        if config.bots_enabled && config.totp_required_roles.contains(&tonari_wire::Role::Bot) {
+            return Err(AppError::Startup(
+                "totp_required_roles must not list bot: bots log in without a second factor"
+                    .to_string(),
+            ));
+        }
+        if config.bots_enabled {
+            crate::bots::ensure_accounts(&store, &bots_store)
+                .await
+                .map_err(AppError::Startup)?;
+        }
+        let mut ingestor = crate::ingest::Ingestor::new(
+            bots_store,
+            keys,
+            config.network_id_system.clone(),
+            config.network_id_authority.clone(),
+        );
+        ingestor.metrics = Some(metrics.clone());
+        let ingest = Arc::new(ingestor);
+        let (mllp, mllp_addr) = if config.mllp_listen.trim().is_empty() {
+            (None, None)
+        } else {
+            let addr: SocketAddr = config.mllp_listen.trim().parse().map_err(|_| {
+                AppError::Startup("mllp_listen must be host:port (or empty)".to_string())
+            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            let a = l.local_addr().map_err(AppError::Serve)?;
+            (Some(l), Some(a))
+        };
         let state = Arc::new(AppState {
             config,
             metrics,
@@ -128,6 +168,7 @@ impl App {
             hub,
             cluster,
             store,
+            ingest,
             shutdown,
             tasks,
         });
@@ -137,11 +178,42 @@ impl App {
             local_addr,
             writer: delivery_writer,
             writer_task,
+            mllp,
+            mllp_addr,
+            bots_ready: tokio::sync::watch::Sender::new(0),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The MLLP listener's address, when `mllp_listen` is set.
+    pub fn mllp_addr(&self) -> Option<SocketAddr> {
+        self.mllp_addr
+    }
+
+    /// The shared state (store, ingestion), e.g. for `tonari demo`'s setup.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// How many in-process bots are logged in and listening (tests wait
+    /// for this before they start).
+    pub fn bots_ready(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.bots_ready.subscribe()
+    }
+
+    /// The URL the in-process bots use to reach this server.
+    fn own_url(&self) -> String {
+        let mut a = self.local_addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(match a.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{a}")
     }
 
     /// Serve until `shutdown` resolves, then stop gracefully.
@@ -152,6 +224,37 @@ impl App {
         let state = self.state.clone();
         let token = state.shutdown.clone();
         tracing::info!(addr = %self.local_addr, "tonari listening");
+        let own_url = self.own_url();
+        if let Some(l) = self.mllp {
+            tracing::info!(addr = ?self.mllp_addr, "MLLP listening");
+            state.tasks.spawn(crate::ingest::mllp::serve(
+                l,
+                state.ingest.clone(),
+                state.config.mllp_max_frame_bytes,
+                token.clone(),
+                state.tasks.clone(),
+            ));
+        }
+        if state.config.bots_enabled {
+            let notifier = match crate::mailer::Mailer::new(&state.config) {
+                Ok(m) if !state.config.smtp_url.is_empty() => Some(crate::notify::spawn(
+                    state.store.clone(),
+                    Arc::new(m),
+                    std::time::Duration::from_secs(state.config.notify_batch_secs),
+                    token.clone(),
+                    &state.tasks,
+                )),
+                _ => None,
+            };
+            let ctx = crate::bots::context(
+                own_url,
+                &state.config.data_dir,
+                &state.ingest,
+                notifier,
+                self.bots_ready.clone(),
+            );
+            crate::bots::spawn(ctx, token.clone(), &state.tasks);
+        }
         let router = crate::http::router(state.clone());
         // Small frames must not wait for Nagle's algorithm.
         let listener = self.listener.tap_io(|tcp| {
@@ -177,6 +280,7 @@ impl App {
             tracing::error!(error = %e, "writer task failed");
         }
         state.store.close().await;
+        state.ingest.store.close().await;
         tracing::info!("tonari stopped");
         result.map_err(AppError::Serve)
     }

@@ -87,6 +87,20 @@ pub struct Config {
     pub metrics_enabled: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tonari=debug".
     pub log_filter: String,
+    /// Run the bots (lab-bot, summary-bot) inside the server process.
+    pub bots_enabled: bool,
+    /// Address of the MLLP (HL7 v2) listener; empty disables it.
+    pub mllp_listen: String,
+    /// Largest MLLP frame (one HL7 message) accepted, in bytes.
+    pub mllp_max_frame_bytes: usize,
+    /// Ingestion sources as `NAME:SHA256HEX` of their API key.
+    pub ingest_api_keys: Vec<String>,
+    /// FHIR `Identifier.system` of the patient network id.
+    pub network_id_system: String,
+    /// HL7 PID-3 assigning authority (CX.4) of the patient network id.
+    pub network_id_authority: String,
+    /// Seconds to collect result notices before e-mailing (one mail per recipient).
+    pub notify_batch_secs: u64,
 }
 
 impl Default for Config {
@@ -127,6 +141,13 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             metrics_enabled: true,
             log_filter: "info".to_string(),
+            bots_enabled: true,
+            mllp_listen: String::new(),
+            mllp_max_frame_bytes: 1024 * 1024,
+            ingest_api_keys: Vec::new(),
+            network_id_system: "urn:tonari:network-id".to_string(),
+            network_id_authority: "TONARI".to_string(),
+            notify_batch_secs: 300,
         }
     }
 }
@@ -254,6 +275,24 @@ impl Config {
                 }
             }
             "log_filter" => self.log_filter = value.to_string(),
+            "bots_enabled" => {
+                self.bots_enabled = value
+                    .parse()
+                    .map_err(|_| "expected true or false".to_string())?
+            }
+            "mllp_listen" => self.mllp_listen = value.to_string(),
+            "mllp_max_frame_bytes" => self.mllp_max_frame_bytes = num(value)?,
+            "ingest_api_keys" => {
+                self.ingest_api_keys = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "network_id_system" => self.network_id_system = value.to_string(),
+            "network_id_authority" => self.network_id_authority = value.to_string(),
+            "notify_batch_secs" => self.notify_batch_secs = num(value)?,
             // Variables for other tools (TONARI_SERVER, TONARI_PASSWORD, ...) are not ours.
             _ => {}
         }
@@ -343,7 +382,34 @@ allowed_origins = []
 metrics_enabled = true
 # Log filter (tracing EnvFilter syntax). Logs carry ids, never message content.
 log_filter = "{log}"
+
+# --- Bots and clinical ingestion ---
+# Run the bots (lab-bot, summary-bot: MLS members of role bot) inside the
+# server process. Their state and the clinical data they receive live in
+# bots.sqlite3 and bots/ under data_dir, apart from the delivery tables.
+bots_enabled = {bots_enabled}
+# Address of the MLLP listener for HL7 v2.5 ORU^R01 (plain TCP: keep it on a
+# private network or behind a TLS tunnel), e.g. "127.0.0.1:2575". Empty disables it.
+mllp_listen = ""
+# Largest MLLP frame (one HL7 message) accepted, in bytes.
+mllp_max_frame_bytes = {mllp_max}
+# Ingestion sources, one API key each, as "NAME:SHA256HEX" of the key (env:
+# comma-separated). `tonari ingest-key NAME` makes a key and its entry. FHIR
+# sends the key as "Authorization: Bearer KEY", HL7 in MSH-8.
+ingest_api_keys = []
+# FHIR Identifier.system that carries the patient network id.
+network_id_system = "{nid_system}"
+# HL7 PID-3 assigning authority (CX.4) whose id is the patient network id.
+network_id_authority = "{nid_authority}"
+# Seconds to collect "new results" notices before e-mailing them (one e-mail
+# per recipient for the whole batch; no values, no names).
+notify_batch_secs = {notify_batch}
 "#,
+            bots_enabled = d.bots_enabled,
+            mllp_max = d.mllp_max_frame_bytes,
+            nid_system = d.network_id_system,
+            nid_authority = d.network_id_authority,
+            notify_batch = d.notify_batch_secs,
             totp_roles = d
                 .totp_required_roles
                 .iter()
@@ -379,6 +445,11 @@ log_filter = "{log}"
     /// The SQLite file used when `database_url` is empty.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("tonari.sqlite3")
+    }
+
+    /// The bots' own database (clinical data, bot credentials).
+    pub fn bots_database_path(&self) -> PathBuf {
+        self.data_dir.join("bots.sqlite3")
     }
 
     /// The database this configuration names.

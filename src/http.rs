@@ -174,6 +174,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(paths::ROOM_CONSENTS, post(post_consent).get(list_consents))
         .route(paths::WS, get(crate::ws::upgrade))
+        .route(
+            paths::NOTICES,
+            get(crate::notify::get_prefs).post(crate::notify::set_prefs),
+        )
+        .merge(crate::ingest::router())
         .method_not_allowed_fallback(|| async {
             ApiError(Error::new(
                 ErrorCode::MethodNotAllowed,

@@ -130,6 +130,47 @@ impl Mailer {
     }
 }
 
+impl Mailer {
+    /// The result notice: new results arrived in these rooms, with links.
+    /// No values, no test names, no patient names.
+    pub async fn send_results_notice(&self, to: &str, rooms: &[String]) -> Result<()> {
+        let Some(transport) = &self.transport else {
+            return Err(Self::not_configured());
+        };
+        let to = parse_address(to)?;
+        let url = &self.public_url;
+        let links: String = rooms
+            .iter()
+            .map(|r| format!("  {url}/#/rooms/{r}\n"))
+            .collect();
+        let body = format!(
+            "New results arrived in {n} care room(s) you are a member of on Tonari.\n\
+             Open the room to see them:\n\
+             {links}\n\
+             --\n\
+             Tonari のケアルームに新しい検査結果が届きました。ルームを開いて確認してください。\n\
+             {links}\n\
+             (You get this notice as a member of the room. Results are shown only inside the room.)\n",
+            n = rooms.len()
+        );
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject("New results in Tonari / 新しい検査結果")
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(Error::internal)?;
+        transport.send(message).await.map_err(|e| {
+            tracing::warn!(error = %e, "result notice e-mail could not be sent");
+            Error::new(
+                ErrorCode::Unavailable,
+                "the notice e-mail could not be sent",
+            )
+        })?;
+        Ok(())
+    }
+}
+
 /// `YYYY-MM-DD HH:MM` in UTC from Unix milliseconds.
 pub fn format_utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

@@ -40,6 +40,38 @@ enum Command {
         #[arg(long)]
         kind: tonari_wire::OrgKind,
     },
+    /// Start a demo: a server on SQLite with a demo organisation, a patient's
+    /// care room (doctor, nurse, care manager, pharmacist, family), the bots
+    /// and sample lab results flowing in; prints how to log in with the CLI.
+    /// Local use only (known passwords, no TOTP). Run again to resume it.
+    Demo {
+        /// Data directory of the demo.
+        #[arg(long, default_value = "tonari-demo")]
+        data_dir: PathBuf,
+        /// Address for HTTP and WebSocket.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: std::net::SocketAddr,
+        /// Address of the MLLP (HL7 v2) listener.
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        mllp: String,
+    },
+    /// Run the bots (lab-bot, summary-bot) as a separate process next to a
+    /// server started with bots_enabled = false, sharing its data_dir (the
+    /// bots' store bots.sqlite3 and their device directories).
+    Bots {
+        /// The server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8480")]
+        server: String,
+        /// How often to look for new results, in seconds.
+        #[arg(long, default_value_t = 2)]
+        poll_secs: u64,
+    },
+    /// Make an API key for an ingestion source (FHIR / HL7 sender) and print
+    /// the `ingest_api_keys` entry to put in the config (only the hash).
+    IngestKey {
+        /// The source system's name (letters, digits, '-', '_', '.').
+        source: String,
+    },
     /// The audit log of security events.
     Audit {
         #[command(subcommand)]
@@ -95,6 +127,44 @@ fn main() -> ExitCode {
         },
         Command::Serve => serve(config),
         Command::AdminInvite { org, kind } => admin_invite(&config, &org, kind),
+        Command::Demo {
+            data_dir,
+            listen,
+            mllp,
+        } => demo(config, data_dir, listen, mllp),
+        Command::Bots { server, poll_secs } => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                eprintln!("tonari: cannot start the runtime");
+                return ExitCode::FAILURE;
+            };
+            let poll = std::time::Duration::from_secs(poll_secs.max(1));
+            match runtime.block_on(tonari::bots::run_separately(
+                &config,
+                server,
+                poll,
+                shutdown_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tonari bots: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::IngestKey { source } => {
+            if tonari::ingest::parse_keys(&[format!("{source}:{}", "0".repeat(64))]).is_err() {
+                eprintln!("tonari: a source name is 1-64 letters, digits, '-', '_' or '.'");
+                return ExitCode::from(2);
+            }
+            let (key, entry) = tonari::ingest::new_key(&source);
+            println!(
+                "API key for {source} (give it to the source system; it is not stored):\n  {key}\nAdd to ingest_api_keys in the config:\n  \"{entry}\""
+            );
+            ExitCode::SUCCESS
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -172,6 +242,37 @@ fn audit_verify(db: tonari::store::Database) -> ExitCode {
         Err(e) => {
             eprintln!("tonari: cannot read {}: {e}", db.describe());
             ExitCode::from(2)
+        }
+    }
+}
+
+fn demo(
+    mut config: Config,
+    data_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    mllp: String,
+) -> ExitCode {
+    config.data_dir = data_dir;
+    config.listen = listen;
+    config.mllp_listen = mllp;
+    if config.log_filter == "info" {
+        config.log_filter = "warn".into();
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tonari: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tonari::demo::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tonari demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -26,6 +26,14 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabel {
+    /// `fhir` or `hl7`.
+    pub protocol: String,
+    /// `stored`, `duplicate`, or the refusal (`AE`, `AR`, `400`, `401`, `422`, `503`).
+    pub outcome: String,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +56,8 @@ pub struct Metrics {
     pub queue_drops: Family<QueueLabel, Counter>,
     /// Logins by outcome (`ok`, `failed`, `rate_limited`, `totp_required`).
     pub logins: Family<OutcomeLabel, Counter>,
+    /// Clinical ingestion requests / HL7 messages by protocol and outcome.
+    pub ingested: Family<IngestLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +119,12 @@ impl Metrics {
         );
         let logins = Family::<OutcomeLabel, Counter>::default();
         registry.register("logins", "Login attempts by outcome", logins.clone());
+        let ingested = Family::<IngestLabel, Counter>::default();
+        registry.register(
+            "ingest",
+            "Clinical ingestion (FHIR requests, HL7 messages) by protocol and outcome",
+            ingested.clone(),
+        );
         Metrics {
             registry,
             ws_connections,
@@ -120,7 +136,17 @@ impl Metrics {
             write_batch_size,
             queue_drops,
             logins,
+            ingested,
         }
+    }
+
+    pub fn ingest(&self, protocol: &str, outcome: &str) {
+        self.ingested
+            .get_or_create(&IngestLabel {
+                protocol: protocol.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// The registry in Prometheus text format.

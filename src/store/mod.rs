@@ -4,8 +4,10 @@
 //! `Ok` is on disk (fsync'd), which is what "acknowledged only once durable"
 //! rests on. Every function here is one transaction or one statement.
 
+pub mod bots;
 pub mod care;
 pub mod mls_state;
+pub mod notify;
 pub mod writer;
 
 use sqlx::AnyPool;

@@ -160,6 +160,8 @@ pub struct TestServer {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The MLLP listener, when `mllp_listen` is set.
+    pub mllp: Option<SocketAddr>,
     pub database: tonari::store::Database,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), tonari::AppError>>>,
@@ -198,19 +200,32 @@ impl TestServer {
                 tonari::store::Database::Postgres(u) => u.clone(),
                 tonari::store::Database::Sqlite(_) => String::new(),
             },
+            // Tests about bots turn them on.
+            bots_enabled: false,
             ..Config::default()
         };
         tweak(&mut config);
+        let bots = config.bots_enabled;
         let app = App::build(config).await.expect("server builds");
         let addr = app.local_addr();
+        let mllp = app.mllp_addr();
+        let mut bots_ready = app.bots_ready();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
+        if bots {
+            // Both bots logged in and listening before the test goes on.
+            tokio::time::timeout(WAIT, bots_ready.wait_for(|n| *n >= 2))
+                .await
+                .expect("bots ready in time")
+                .expect("bots ready");
+        }
         TestServer {
             url: format!("http://{addr}"),
             addr,
             data_dir,
+            mllp,
             database,
             stop: Some(tx),
             handle: Some(handle),

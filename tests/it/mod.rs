@@ -1,5 +1,6 @@
 pub mod audit;
 pub mod bad_input;
+pub mod bots;
 pub mod canary;
 pub mod care;
 pub mod common;

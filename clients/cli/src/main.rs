@@ -118,6 +118,13 @@ enum Command {
     },
     /// List the organisations.
     Orgs,
+    /// E-mail notices that new results arrived in your rooms (a link, no
+    /// values): show them, or set `on`, `off` or `default` (care managers on,
+    /// others off).
+    Notices {
+        /// on, off or default; omit to show.
+        setting: Option<String>,
+    },
     /// Invite someone by e-mail: the server mails them a one-time code (no
     /// clinical content, no patient name).
     InviteEmail {
@@ -445,6 +452,29 @@ async fn run(cli: Cli) -> Res<()> {
             println!(
                 "organisation {} created: {} ({})",
                 org.org_id, org.name, org.kind
+            );
+        }
+        Command::Notices { setting } => {
+            let c = g.open()?;
+            let prefs = match setting.as_deref() {
+                None => c.notice_prefs().await?,
+                Some("on") => c.set_result_notices(Some(true)).await?,
+                Some("off") => c.set_result_notices(Some(false)).await?,
+                Some("default") => c.set_result_notices(None).await?,
+                Some(other) => {
+                    return Err(tonari_sdk::SdkError::Invalid(format!(
+                        "expected on, off or default, not {other:?}"
+                    ))
+                    .into());
+                }
+            };
+            println!(
+                "result notices by e-mail: {} ({})",
+                if prefs.effective { "on" } else { "off" },
+                match prefs.results {
+                    None => "role default",
+                    Some(_) => "your choice",
+                }
             );
         }
         Command::Orgs => {

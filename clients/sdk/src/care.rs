@@ -126,6 +126,21 @@ impl Client {
         Ok(self.get::<DirectoryPage>(&path).await?.users)
     }
 
+    /// This user's e-mail notice preferences.
+    pub async fn notice_prefs(&self) -> Result<tonari_wire::NoticePrefs> {
+        self.get(tonari_wire::paths::NOTICES).await
+    }
+
+    /// Turn e-mail notices of new results on (`Some(true)`), off
+    /// (`Some(false)`) or back to the role's default (`None`).
+    pub async fn set_result_notices(&self, on: Option<bool>) -> Result<tonari_wire::NoticePrefs> {
+        let req = tonari_wire::NoticePrefs {
+            results: on,
+            effective: false,
+        };
+        self.post(tonari_wire::paths::NOTICES, &req).await
+    }
+
     /// The settings (patient, policy) of a room this device is in, from its
     /// own MLS group state.
     pub fn room_settings(&self, room_id: &str) -> Result<RoomSettings> {

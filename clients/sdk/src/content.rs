@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum Content {
     /// Plain text: `{"type":"text","body":"..."}`.
     Text { body: String },
+    /// A structured card from a bot (lab results, summary):
+    /// `{"type":"card","card":{"kind":"lab_results",...}}`.
+    Card { card: tonari_wire::Card },
     /// A payload of a type this SDK version does not know.
     #[serde(other)]
     Unknown,
@@ -23,10 +26,19 @@ impl Content {
     }
 
     /// The text shown for this content in a plain-text UI.
-    pub fn display_text(&self) -> &str {
+    pub fn display_text(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Content::Text { body } => body,
-            Content::Unknown => "(unsupported content)",
+            Content::Text { body } => body.as_str().into(),
+            Content::Card { card } => card.render_text().into(),
+            Content::Unknown => "(unsupported content)".into(),
+        }
+    }
+
+    /// The card, when this content is one.
+    pub fn card(&self) -> Option<&tonari_wire::Card> {
+        match self {
+            Content::Card { card } => Some(card),
+            _ => None,
         }
     }
 
@@ -35,7 +47,15 @@ impl Content {
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        match serde_json::from_slice(bytes) {
+            Ok(c) => Some(c),
+            // A known type with a shape this version does not understand (a
+            // newer card kind, say) is unknown content, not garbage.
+            Err(_) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+                .ok()
+                .filter(|m| m.get("type").is_some_and(|t| t.is_string()))
+                .map(|_| Content::Unknown),
+        }
     }
 }
 
@@ -54,7 +74,11 @@ mod tests {
     #[test]
     fn unknown_type_and_garbage() {
         assert_eq!(
-            Content::from_bytes(br#"{"type":"card","title":"x"}"#),
+            Content::from_bytes(br#"{"type":"poll","title":"x"}"#),
+            Some(Content::Unknown)
+        );
+        assert_eq!(
+            Content::from_bytes(br#"{"type":"card","card":{"kind":"booking"}}"#),
             Some(Content::Unknown)
         );
         assert_eq!(Content::from_bytes(b"not json"), None);

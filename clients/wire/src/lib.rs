@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod cards;
+pub use cards::{Card, LabCard, LabFlag, LabResult, NoticePrefs, SummaryCard};
 pub mod care;
 pub use care::{
     Action, Change, CommitGrounds, Consent, ConsentList, CreateInvitation, CreateOrgRequest,
@@ -69,6 +71,8 @@ pub mod paths {
     pub const WS: &str = "/v1/ws";
     /// GET → `ok` (liveness).
     pub const HEALTH: &str = "/health";
+    /// GET → [`crate::NoticePrefs`]; POST [`crate::NoticePrefs`] → [`crate::NoticePrefs`]: e-mail notices.
+    pub const NOTICES: &str = "/v1/me/notices";
     /// GET → 200 `{"status":"ready",…}` when the database answers, else 503.
     pub const READY: &str = "/ready";
     /// GET → Prometheus metrics (text format), when `metrics_enabled`.
