@@ -150,7 +150,13 @@ impl Store {
         invitation: Option<&[u8]>,
         now_ms: i64,
     ) -> Result<(i64, Role, Option<InvitationRow>), CreateUserError> {
-        let mut tx = self.pool.begin().await?;
+        // Reads, then writes: on SQLite take the write lock up front, or a
+        // concurrent writer makes the upgrade fail with "database is locked".
+        let mut tx = if self.db.is_postgres() {
+            self.pool.begin().await?
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        };
         let mut user = user;
         let mut used = None;
         if let Some(code_hash) = invitation {

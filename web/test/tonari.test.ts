@@ -34,17 +34,19 @@ describe("content", () => {
     expect(new TextDecoder().decode(encodeContent(textContent("hi")))).toBe('{"type":"text","body":"hi"}');
     expect(decodeContent(enc.encode('{"type":"text","body":"<b>x</b>"}'))).toEqual(textContent("<b>x</b>"));
   });
-  it("reads lab and summary cards, drops malformed rows", () => {
+  it("reads the bots' lab and summary cards (tonari-wire format), drops malformed rows", () => {
     const labs = decodeContent(
       enc.encode(
         JSON.stringify({
           type: "card",
           card: {
-            kind: "labs",
-            title: "Labs",
-            rows: [
-              { name: "HbA1c", code: "4548-4", value: 8.1, unit: "%", range: "4.6-6.2", flag: "H" },
-              { name: "no value" },
+            kind: "lab_results",
+            patient_network_id: "P-1",
+            source_org: "Minami Hospital lab",
+            report: "Labs",
+            results: [
+              { test_name: "HbA1c", loinc: "4548-4", value: 8.1, unit: "%", reference_range: "4.6-6.2", flag: "high" },
+              { test_name: "no value" },
               "junk",
             ],
           },
@@ -53,10 +55,21 @@ describe("content", () => {
     );
     expect(labs).toEqual({
       type: "card",
-      card: { kind: "labs", title: "Labs", source: undefined, rows: [{ name: "HbA1c", code: "4548-4", value: "8.1", unit: "%", range: "4.6-6.2", flag: "H", time: undefined }] },
+      card: {
+        kind: "labs",
+        title: "Labs",
+        source: "Minami Hospital lab",
+        rows: [{ name: "HbA1c", code: "LOINC 4548-4", value: "8.1", unit: "%", range: "4.6-6.2", flag: "H", time: undefined }],
+      },
     });
-    const summary = decodeContent(enc.encode(JSON.stringify({ type: "card", card: { kind: "summary", sections: [{ heading: "Allergies", items: ["penicillin", 3, {}] }] } })));
-    expect(summary).toEqual({ type: "card", card: { kind: "summary", title: undefined, sections: [{ heading: "Allergies", items: ["penicillin", "3"] }] } });
+    const summary = decodeContent(
+      enc.encode(JSON.stringify({ type: "card", card: { kind: "summary", patient_network_id: "P-1", allergies: ["penicillin", 3, {}] } })),
+    );
+    expect(summary.type).toBe("card");
+    const card = (summary as { card: { kind: string; sections: { heading: string; items: string[] }[] } }).card;
+    expect(card.kind).toBe("summary");
+    expect(card.sections.find((s) => s.heading === "Allergies")?.items).toEqual(["penicillin", "3"]);
+    expect(card.sections.find((s) => s.heading === "Problems")?.items).toEqual([]);
   });
   it("anything else is unknown", () => {
     for (const s of ["not json", "null", "[]", '{"type":"card","card":{"kind":"x"}}', '{"type":"text","body":1}', '{"type":"image"}']) {

@@ -199,8 +199,8 @@ export type Card = LabCard | SummaryCard;
 
 /** What an application message carries (JSON tagged by `type`). Text is
  * `{"type":"text","body":...}` as in the Rust SDK's `Content`. Cards are the
- * web client's reading of the bot payloads (issue 6, provisional):
- * `{"type":"card","card":{"kind":"labs"|"summary",...}}`. */
+ * bots' payloads, `{"type":"card","card":{"kind":"lab_results"|"summary",...}}`
+ * (tonari-wire `Card`), read into the shapes the UI renders. */
 export type Content =
   | { type: "text"; body: string }
   | { type: "card"; card: Card }
@@ -218,37 +218,77 @@ function str(v: unknown): string | undefined {
   return typeof v === "string" ? v : typeof v === "number" ? String(v) : undefined;
 }
 
+/** A wire lab flag (tonari_wire::LabFlag, snake_case) as the card shows it. */
+function wireFlag(f: unknown): string | undefined {
+  switch (f) {
+    case "high":
+      return "H";
+    case "low":
+      return "L";
+    case "critical_high":
+      return "HH";
+    case "critical_low":
+      return "LL";
+    case "critical":
+      return "critical";
+    case "abnormal":
+      return "A";
+    default:
+      return undefined;
+  }
+}
+
+/** One wire LabResult as a row; `undefined` when name or value is missing. */
+function labRow(r: unknown): LabRow | undefined {
+  if (!r || typeof r !== "object") return undefined;
+  const x = r as Record<string, unknown>;
+  const name = str(x.test_name);
+  const value = str(x.value);
+  if (name === undefined || value === undefined) return undefined;
+  const loinc = str(x.loinc);
+  const jlac10 = str(x.jlac10);
+  return {
+    name,
+    value,
+    code: loinc ? `LOINC ${loinc}` : jlac10 ? `JLAC10 ${jlac10}` : undefined,
+    unit: str(x.unit),
+    range: str(x.reference_range),
+    flag: wireFlag(x.flag),
+    time: str(x.specimen_time),
+  };
+}
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? v.map(str).filter((i): i is string => i !== undefined) : [];
+}
+
+/** The bots' cards as defined in tonari-wire (`clients/wire/src/cards.rs`):
+ * `{"kind":"lab_results",...}` and `{"kind":"summary",...}`. */
 function parseCard(v: unknown): Card | undefined {
   if (!v || typeof v !== "object") return undefined;
   const o = v as Record<string, unknown>;
-  if (o.kind === "labs" && Array.isArray(o.rows)) {
-    const rows: LabRow[] = [];
-    for (const r of o.rows) {
-      if (!r || typeof r !== "object") continue;
-      const x = r as Record<string, unknown>;
-      const name = str(x.name);
-      const value = str(x.value);
-      if (name === undefined || value === undefined) continue;
-      rows.push({
-        name,
-        value,
-        code: str(x.code),
-        unit: str(x.unit),
-        range: str(x.range),
-        flag: str(x.flag),
-        time: str(x.time),
-      });
-    }
-    return { kind: "labs", title: str(o.title), source: str(o.source), rows };
+  if (o.kind === "lab_results" && Array.isArray(o.results)) {
+    const rows = o.results.map(labRow).filter((r): r is LabRow => r !== undefined);
+    return { kind: "labs", title: str(o.report), source: str(o.source_org), rows };
   }
-  if (o.kind === "summary" && Array.isArray(o.sections)) {
-    const sections = o.sections
-      .filter((s): s is Record<string, unknown> => !!s && typeof s === "object")
-      .map((s) => ({
-        heading: str(s.heading) ?? "",
-        items: Array.isArray(s.items) ? s.items.map(str).filter((i): i is string => i !== undefined) : [],
-      }));
-    return { kind: "summary", title: str(o.title), sections };
+  if (o.kind === "summary") {
+    const labs = Array.isArray(o.recent_labs)
+      ? o.recent_labs
+          .map(labRow)
+          .filter((r): r is LabRow => r !== undefined)
+          .map((r) => `${r.name}: ${r.value}${r.unit ? ` ${r.unit}` : ""}${r.flag ? ` ${r.flag}` : ""}`)
+      : [];
+    return {
+      kind: "summary",
+      title: undefined,
+      sections: [
+        { heading: "Problems", items: strings(o.problems) },
+        { heading: "Medications", items: strings(o.medications) },
+        { heading: "Allergies", items: strings(o.allergies) },
+        { heading: "Recent labs", items: labs },
+        { heading: "Care team", items: strings(o.care_team) },
+      ],
+    };
   }
   return undefined;
 }
