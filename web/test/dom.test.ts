@@ -3,6 +3,7 @@ import { readFileSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { h } from "../src/dom";
+import { setLang } from "../src/i18n";
 import { renderCard } from "../src/ui/cards";
 
 const PAYLOADS = [
@@ -42,6 +43,14 @@ describe("text-only rendering", () => {
     const summary = renderCard({ kind: "summary", sections: [{ heading: "Allergies", items: [PAYLOADS[2]] }] });
     expect(summary.querySelector("li")!.textContent).toBe(PAYLOADS[2]);
     expect(summary.querySelectorAll("svg").length).toBe(0);
+  });
+  it("translates the summary headings the bots' cards name", () => {
+    setLang("ja");
+    const card = renderCard({ kind: "summary", sections: [{ heading: "Allergies", key: "allergies", items: ["x"] }] });
+    expect(card.querySelector("h4")!.textContent).toBe("アレルギー");
+    setLang("en");
+    const en = renderCard({ kind: "summary", sections: [{ heading: "Allergies", key: "allergies", items: ["x"] }] });
+    expect(en.querySelector("h4")!.textContent).toBe("Allergies");
   });
 });
 

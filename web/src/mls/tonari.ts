@@ -189,10 +189,13 @@ export interface LabCard {
   rows: LabRow[];
 }
 
+/** Which summary section (its heading is translated by the UI). */
+export type SummarySection = "problems" | "medications" | "allergies" | "recent_labs" | "care_team";
+
 export interface SummaryCard {
   kind: "summary";
   title?: string;
-  sections: { heading: string; items: string[] }[];
+  sections: { heading: string; key?: SummarySection; items: string[] }[];
 }
 
 export type Card = LabCard | SummaryCard;
@@ -282,11 +285,11 @@ function parseCard(v: unknown): Card | undefined {
       kind: "summary",
       title: undefined,
       sections: [
-        { heading: "Problems", items: strings(o.problems) },
-        { heading: "Medications", items: strings(o.medications) },
-        { heading: "Allergies", items: strings(o.allergies) },
-        { heading: "Recent labs", items: labs },
-        { heading: "Care team", items: strings(o.care_team) },
+        { heading: "Problems", key: "problems", items: strings(o.problems) },
+        { heading: "Medications", key: "medications", items: strings(o.medications) },
+        { heading: "Allergies", key: "allergies", items: strings(o.allergies) },
+        { heading: "Recent labs", key: "recent_labs", items: labs },
+        { heading: "Care team", key: "care_team", items: strings(o.care_team) },
       ],
     };
   }

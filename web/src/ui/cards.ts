@@ -42,6 +42,9 @@ export function renderCard(card: Card): HTMLElement {
     "section",
     { class: "card card-summary", "aria-label": card.title ?? t("summary") },
     h("h3", {}, card.title ?? t("summary")),
-    card.sections.map((s) => [h("h4", {}, s.heading), h("ul", {}, s.items.map((i) => h("li", {}, i)))]),
+    card.sections.map((s) => [
+      h("h4", {}, s.key ? t(`summary_${s.key}`) : s.heading),
+      h("ul", {}, s.items.map((i) => h("li", {}, i))),
+    ]),
   );
 }
