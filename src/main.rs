@@ -133,11 +133,7 @@ fn main() -> ExitCode {
             mllp,
         } => demo(config, data_dir, listen, mllp),
         Command::Bots { server, poll_secs } => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).init();
-            let Ok(runtime) = tokio::runtime::Runtime::new() else {
-                eprintln!("tonari: cannot start the runtime");
+            let Some(runtime) = server_runtime(&config.log_filter, "info") else {
                 return ExitCode::FAILURE;
             };
             let poll = std::time::Duration::from_secs(poll_secs.max(1));
@@ -258,15 +254,8 @@ fn demo(
     if config.log_filter == "info" {
         config.log_filter = "warn".into();
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tonari: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = server_runtime(&config.log_filter, "warn") else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(tonari::demo::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,16 +266,24 @@ fn demo(
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logging (the config's filter, else `fallback`) and a multi-threaded
+/// runtime for the long-running commands.
+fn server_runtime(log_filter: &str, fallback: &str) -> Option<tokio::runtime::Runtime> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
+    match tokio::runtime::Runtime::new() {
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("tonari: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let Some(runtime) = server_runtime(&config.log_filter, "info") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let app = match App::build(config).await {
