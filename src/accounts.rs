@@ -446,7 +446,7 @@ impl Accounts {
             .await?
         {
             Some((user_id, device_id)) => {
-                let (role, _) = self
+                let (role, totp_on) = self
                     .store
                     .role_and_totp(user_id)
                     .await?
@@ -455,7 +455,7 @@ impl Accounts {
                     user_id,
                     device_id,
                     role,
-                    restricted: self.totp_missing(user_id).await?,
+                    restricted: self.needs_totp(role, totp_on),
                 };
                 if self.session_cache_ms > 0 {
                     let mut cache = self.session_cache();
@@ -484,12 +484,18 @@ impl Accounts {
         Ok(())
     }
 
-    /// The account's role needs TOTP and it is not on yet.
+    /// The role needs TOTP and it is not on yet.
+    fn needs_totp(&self, role: Role, totp_on: bool) -> bool {
+        !totp_on && self.totp_required_roles.contains(&role)
+    }
+
+    /// [`Self::needs_totp`] for a user looked up in the store.
     async fn totp_missing(&self, user_id: i64) -> Result<bool> {
-        Ok(match self.store.role_and_totp(user_id).await? {
-            Some((role, enabled)) => !enabled && self.totp_required_roles.contains(&role),
-            None => false,
-        })
+        Ok(self
+            .store
+            .role_and_totp(user_id)
+            .await?
+            .is_some_and(|(role, on)| self.needs_totp(role, on)))
     }
 
     /// The second factor, for accounts that turned TOTP on.

@@ -476,13 +476,4 @@ impl Store {
             })
             .collect())
     }
-
-    /// The patient network id a room is bound to.
-    pub async fn room_patient(&self, room_id: &str) -> StoreResult<Option<Option<String>>> {
-        let row = sqlx::query("SELECT patient_network_id FROM rooms WHERE id = $1")
-            .bind(room_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
 }
